@@ -1,0 +1,94 @@
+"""
+Every zope interface of v2d, in one place.
+
+The dataplane talks to ``IModelRegistry`` and ``IModel`` only: a runtime in this
+process, a runtime in a worker process and a batching wrapper all provide ``IModel``,
+and the dataplane cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IModel",
+    "IModelFactory",
+    "IModelRegistry",
+    "IModelRepository",
+    "IWorkerPool",
+]
+
+
+class IModel(Interface):
+    """
+    A loaded (or loadable) model.
+
+    ``load``, ``unload``, ``predict`` may return a plain value, a Deferred or an
+    awaitable (asyncio semantics); callers normalise with ``v2d.aio.as_deferred``.
+    """
+
+    name = Attribute("The model's name (str).")
+    version = Attribute("The model's version (str or None).")
+    settings = Attribute("The model's v2d.settings.ModelSettings.")
+    ready = Attribute("True once loaded and able to serve.")
+
+    def load():  # type: ignore[misc]
+        """Load the model. Result: True/None when loaded, False when not."""
+
+    def unload():  # type: ignore[misc]
+        """Free what ``load`` took."""
+
+    def predict(payload):  # type: ignore[misc]
+        """Serve one v2d.types.InferenceRequest; result: v2d.types.InferenceResponse."""
+
+    def metadata():  # type: ignore[misc]
+        """The model's v2d.types.MetadataModelResponse."""
+
+
+class IModelFactory(Interface):
+    """Turns model settings into an ``IModel`` provider (in-process or in a worker)."""
+
+    def create(settings):  # type: ignore[misc]
+        """A Deferred firing with an unloaded ``IModel`` for ``settings``."""
+
+
+class IModelRepository(Interface):
+    """Discovers model folders; knows nothing of what is loaded."""
+
+    def discover():  # type: ignore[misc]
+        """
+        Every model found: a list of (name, ModelSettings or None, error or None).
+        Folders whose settings are invalid come back with the error.
+        """
+
+    def find(name):  # type: ignore[misc]
+        """The ModelSettings of model ``name``, read afresh; raises ModelNotFound."""
+
+
+class IModelRegistry(Interface):
+    """The loaded models, by name and version."""
+
+    def get(name, version=None):  # type: ignore[misc]
+        """The IModel; raises ModelNotFound, or ModelNotReady if it is not ready."""
+
+    def load(settings):  # type: ignore[misc]
+        """Load (or reload) a model from settings; Deferred firing with the IModel."""
+
+    def unload(name):  # type: ignore[misc]
+        """Unload every version of a model; Deferred."""
+
+    def unload_all():  # type: ignore[misc]
+        """Unload every model; Deferred firing when all are unloaded."""
+
+    def states():  # type: ignore[misc]
+        """A dict name -> list of (version, state, reason) for the repository index."""
+
+
+class IWorkerPool(Interface):
+    """Worker processes that run models out of the server's process."""
+
+    def model_factory(settings):  # type: ignore[misc]
+        """An IModelFactory for this model (spawning workers as needed)."""
+
+    def stop():  # type: ignore[misc]
+        """End every worker (close input, TERM, KILL); Deferred firing when all exited."""
