@@ -107,6 +107,8 @@ class Settings:
     grpc_tls_key: Optional[str] = None
     shutdown_timeout: float = 30.0
     server_name: str = "v2d"
+    strict_readiness: bool = True
+    access_log: bool = False
     debug: bool = False
 
     _KINDS = {
@@ -121,6 +123,8 @@ class Settings:
         "grpc_tls_key": str,
         "shutdown_timeout": float,
         "server_name": str,
+        "strict_readiness": bool,
+        "access_log": bool,
         "debug": bool,
     }
 

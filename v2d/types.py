@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "DATATYPES",
+    "HeaderDict",
     "InferenceRequest",
     "InferenceResponse",
     "MetadataModelResponse",
@@ -79,6 +80,41 @@ def datatype_of(dtype: Any) -> str:
         return _KIND_TO_DATATYPE[(dt.kind, dt.itemsize)]
     except KeyError:
         raise ValueError(f"no V2 datatype for numpy dtype {dt}") from None
+
+
+class HeaderDict(dict):
+    """
+    Request or response headers: a dict whose lookups ignore the case of names.
+
+    Names are stored lower-cased (as HTTP/2 and gRPC metadata carry them); ``h["X-Id"]``,
+    ``h["x-id"]``, ``"X-ID" in h`` and ``h.get("X-Id")`` all find the same header.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        for k, v in dict(*args, **kwargs).items():
+            super().__setitem__(k.lower(), v)
+
+    def __getitem__(self, key: str) -> Any:
+        return super().__getitem__(key.lower())
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key.lower(), value)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        return super().pop(key.lower(), *default)
+
+    def __reduce__(self):
+        return (HeaderDict, (dict(self),))
 
 
 class Parameters:

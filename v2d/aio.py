@@ -1,0 +1,47 @@
+"""
+The one seam between Twisted and asyncio.
+
+The daemon runs Twisted on its asyncio reactor, so both share one loop. Runtimes'
+``async def`` methods (asyncio semantics) and grpc.aio live on the asyncio side;
+everything else speaks Deferreds. Only this module converts between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any, Awaitable, Callable, Optional
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+__all__ = ["as_deferred", "call", "as_future", "ensure_future"]
+
+
+def ensure_future(awaitable: Awaitable[Any], loop: Optional[asyncio.AbstractEventLoop] = None) -> asyncio.Future:
+    """Schedule an awaitable on the loop (the running one unless given)."""
+    return asyncio.ensure_future(awaitable, loop=loop)
+
+
+def as_deferred(result: Any, loop: Optional[asyncio.AbstractEventLoop] = None) -> Deferred:
+    """A Deferred for a plain value, a Deferred, or an awaitable (run on the loop)."""
+    if isinstance(result, Deferred):
+        return result
+    if inspect.isawaitable(result):
+        return Deferred.fromFuture(asyncio.ensure_future(result, loop=loop))
+    return succeed(result)
+
+
+def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
+    """Call ``fn`` and return a Deferred of its result, whatever kind it returns or raises."""
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException:
+        return fail()
+    return as_deferred(result)
+
+
+def as_future(d: Deferred, loop: Optional[asyncio.AbstractEventLoop] = None) -> asyncio.Future:
+    """An asyncio Future for a Deferred (for awaiting Twisted work from asyncio code)."""
+    if loop is None:
+        loop = asyncio.get_event_loop()
+    return d.asFuture(loop)

@@ -1,0 +1,128 @@
+"""
+The codec look-ups behind ``MLModel.decode``, ``decode_request``, ``encode`` and
+``encode_response``.
+
+A content type comes from the payload's ``parameters.content_type``, else from the
+model's metadata (model-settings.json: the input or output of that name, or the
+model's ``parameters.content_type`` for whole requests), else from ``default_codec``.
+A content type no codec is registered for is passed over, as in MLServer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from v2d.codecs._errors import CodecNotFound
+from v2d.codecs._registry import (
+    find_input_codec,
+    find_input_codec_by_payload,
+    find_request_codec,
+    find_request_codec_by_payload,
+)
+from v2d.settings import ModelSettings
+from v2d.types import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataTensor,
+    Parameters,
+    RequestInput,
+    RequestOutput,
+    ResponseOutput,
+)
+
+__all__ = ["decode_input", "decode_request", "encode_output", "encode_response"]
+
+
+def _content_type(parameters: Optional[Parameters]) -> Optional[str]:
+    if parameters is None:
+        return None
+    return getattr(parameters, "content_type", None) or None
+
+
+def _metadata_content_type(tensors: List[MetadataTensor], name: str) -> Optional[str]:
+    for tensor in tensors:
+        if tensor.name == name:
+            return _content_type(tensor.parameters)
+    return None
+
+
+def _input_codec(codec: Any) -> Any:
+    """A codec given as a class, an instance or a content type."""
+    if isinstance(codec, str):
+        found = find_input_codec(content_type=codec)
+        if found is None:
+            raise CodecNotFound(f"no input codec for content type '{codec}'")
+        return found
+    return codec
+
+
+def _request_codec(codec: Any) -> Any:
+    if isinstance(codec, str):
+        found = find_request_codec(content_type=codec)
+        if found is None:
+            raise CodecNotFound(f"no request codec for content type '{codec}'")
+        return found
+    return codec
+
+
+def decode_input(settings: ModelSettings, request_input: RequestInput, default_codec: Any = None) -> Any:
+    """``request_input`` decoded by its content type; its raw ``data`` if it has none."""
+    content_type = _content_type(request_input.parameters) or _metadata_content_type(
+        settings.inputs, request_input.name
+    )
+    if content_type:
+        codec = find_input_codec(content_type=content_type)
+        if codec is not None:
+            return codec.decode_input(request_input)
+    if default_codec is not None:
+        return _input_codec(default_codec).decode_input(request_input)
+    return request_input.data
+
+
+def decode_request(settings: ModelSettings, request: InferenceRequest, default_codec: Any = None) -> Any:
+    """``request`` decoded by its request content type; the request itself if it has none."""
+    content_type = _content_type(request.parameters) or settings.parameters.content_type
+    if content_type:
+        codec = find_request_codec(content_type=content_type)
+        if codec is not None:
+            return codec.decode_request(request)
+    if default_codec is not None:
+        return _request_codec(default_codec).decode_request(request)
+    return request
+
+
+def encode_output(
+    settings: ModelSettings, payload: Any, request_output: RequestOutput, default_codec: Any = None
+) -> ResponseOutput:
+    """
+    ``payload`` as the output named by ``request_output``: by the requested or declared
+    content type, else by the payload's Python type, else with ``default_codec``.
+    """
+    name = request_output.name
+    content_type = _content_type(request_output.parameters) or _metadata_content_type(settings.outputs, name)
+    codec = find_input_codec(content_type=content_type) if content_type else find_input_codec_by_payload(payload)
+    if codec is None and default_codec is not None:
+        codec = _input_codec(default_codec)
+    if codec is None:
+        raise CodecNotFound(f"output '{name}': no codec can encode a {type(payload).__name__}")
+    return codec.encode_output(name=name, payload=payload)
+
+
+def encode_response(settings: ModelSettings, payload: Any, default_codec: Any = None) -> InferenceResponse:
+    """
+    ``payload`` as a whole response: by the model's request content type when its codec
+    can encode it, else by the payload's Python type, else with ``default_codec``.
+    """
+    codec = None
+    content_type = settings.parameters.content_type
+    if content_type:
+        declared = find_request_codec(content_type=content_type)
+        if declared is not None and declared.can_encode(payload):
+            codec = declared
+    if codec is None:
+        codec = find_request_codec_by_payload(payload)
+    if codec is None and default_codec is not None:
+        codec = _request_codec(default_codec)
+    if codec is None:
+        raise CodecNotFound(f"no request codec can encode a {type(payload).__name__}")
+    return codec.encode_response(settings.name, payload, settings.version)

@@ -1,0 +1,139 @@
+"""
+The codec registries: content type -> codec, for input codecs and request codecs.
+
+``register_input_codec`` / ``register_request_codec`` work as class decorators.
+Look-ups by payload or type hint try the most recently registered codec first, so a
+codec a user registers takes precedence over a built-in one for the same Python type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Type, TypeVar, Union
+
+from v2d.codecs._base import InputCodec, RequestCodec
+
+__all__ = [
+    "CodecRegistry",
+    "find_input_codec",
+    "find_input_codec_by_payload",
+    "find_input_codec_by_type_hint",
+    "find_request_codec",
+    "find_request_codec_by_payload",
+    "find_request_codec_by_type_hint",
+    "input_codecs",
+    "register_input_codec",
+    "register_request_codec",
+    "request_codecs",
+]
+
+InputCodecLike = Union[Type[InputCodec], InputCodec]
+RequestCodecLike = Union[Type[RequestCodec], RequestCodec]
+_C = TypeVar("_C")
+
+
+class CodecRegistry:
+    """Codecs by content type, in registration order."""
+
+    def __init__(self) -> None:
+        self._codecs: Dict[str, Any] = {}
+
+    def register(self, codec: Any) -> None:
+        """Add ``codec`` under its ``ContentType`` (replacing any codec of that name)."""
+        content_type = getattr(codec, "ContentType", None)
+        if not content_type or not isinstance(content_type, str):
+            raise ValueError(f"codec {codec!r} has no ContentType")
+        self._codecs.pop(content_type, None)  # re-registering moves it to the end
+        self._codecs[content_type] = codec
+
+    def unregister(self, content_type: str) -> None:
+        """Remove the codec of ``content_type`` (if any)."""
+        self._codecs.pop(content_type, None)
+
+    def by_content_type(self, content_type: str) -> Any:
+        """The codec of ``content_type``, or ``None``."""
+        return self._codecs.get(content_type)
+
+    def by_payload(self, payload: Any) -> Any:
+        """The most recently registered codec that can encode ``payload``, or ``None``."""
+        for codec in reversed(list(self._codecs.values())):
+            if codec.can_encode(payload):
+                return codec
+        return None
+
+    def by_type_hint(self, type_hint: Any) -> Any:
+        """The most recently registered codec for ``type_hint``, or ``None``."""
+        for codec in reversed(list(self._codecs.values())):
+            if _matches_type_hint(codec, type_hint):
+                return codec
+        return None
+
+    def content_types(self) -> Dict[str, Any]:
+        """A copy of the content type -> codec mapping."""
+        return dict(self._codecs)
+
+
+def _matches_type_hint(codec: Any, type_hint: Any) -> bool:
+    matches = getattr(codec, "matches_type_hint", None)
+    if matches is not None:
+        return bool(matches(type_hint))
+    return getattr(codec, "TypeHint", None) == type_hint  # a duck-typed codec
+
+
+input_codecs = CodecRegistry()
+request_codecs = CodecRegistry()
+
+
+def register_input_codec(codec: _C) -> _C:
+    """Register an input codec under its ``ContentType``; returns it (a decorator)."""
+    input_codecs.register(codec)
+    return codec
+
+
+def register_request_codec(codec: _C) -> _C:
+    """Register a request codec under its ``ContentType``; returns it (a decorator)."""
+    request_codecs.register(codec)
+    return codec
+
+
+def _find(registry: CodecRegistry, content_type: Optional[str], payload: Any, type_hint: Any) -> Any:
+    if content_type:
+        return registry.by_content_type(content_type)
+    if payload is not None:
+        return registry.by_payload(payload)
+    if type_hint is not None:
+        return registry.by_type_hint(type_hint)
+    return None
+
+
+def find_input_codec(
+    content_type: Optional[str] = None, payload: Any = None, type_hint: Any = None
+) -> Optional[InputCodecLike]:
+    """The input codec for a content type, else a payload, else a type hint; or ``None``."""
+    return _find(input_codecs, content_type, payload, type_hint)
+
+
+def find_input_codec_by_payload(payload: Any) -> Optional[InputCodecLike]:
+    """The input codec that can encode ``payload``, or ``None``."""
+    return input_codecs.by_payload(payload)
+
+
+def find_input_codec_by_type_hint(type_hint: Any) -> Optional[InputCodecLike]:
+    """The input codec for ``type_hint``, or ``None``."""
+    return input_codecs.by_type_hint(type_hint)
+
+
+def find_request_codec(
+    content_type: Optional[str] = None, payload: Any = None, type_hint: Any = None
+) -> Optional[RequestCodecLike]:
+    """The request codec for a content type, else a payload, else a type hint; or ``None``."""
+    return _find(request_codecs, content_type, payload, type_hint)
+
+
+def find_request_codec_by_payload(payload: Any) -> Optional[RequestCodecLike]:
+    """The request codec that can encode ``payload``, or ``None``."""
+    return request_codecs.by_payload(payload)
+
+
+def find_request_codec_by_type_hint(type_hint: Any) -> Optional[RequestCodecLike]:
+    """The request codec for ``type_hint``, or ``None``."""
+    return request_codecs.by_type_hint(type_hint)

@@ -1,0 +1,197 @@
+"""
+The protocol's logic, transport-free.
+
+REST and gRPC decode their wire into v2d.types, call the ``DataPlane`` and encode what
+it returns; errors are v2d.errors, mapped by each transport. The dataplane also counts
+requests in flight so that shutdown can drain them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import attrs
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from v2d._version import __version__
+from v2d.errors import FailedPrecondition, Internal, Unavailable, Unimplemented, V2DError
+from v2d.interfaces import IModelRegistry, IModelRepository
+from v2d.registry import describe_failure
+from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataServerResponse
+
+__all__ = ["DataPlane"]
+
+
+@attrs.define(eq=False)
+class DataPlane:
+    """The Open Inference Protocol over a registry of models and a repository of folders."""
+
+    registry: IModelRegistry
+    repository: IModelRepository
+    server_name: str = "v2d"
+    extensions: List[str] = attrs.field(factory=lambda: ["model_repository"])
+    strict_readiness: bool = True
+    started: bool = False
+    draining: bool = False
+    inflight: int = 0
+    _idle: List[Deferred] = attrs.field(factory=list)
+    log = Logger()
+
+    # -- health and metadata ------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        if not self.started or self.draining:
+            return False
+        return self.registry.all_ready() if self.strict_readiness else True
+
+    def metadata(self) -> MetadataServerResponse:
+        return MetadataServerResponse(name=self.server_name, version=__version__, extensions=list(self.extensions))
+
+    def model_metadata(self, name: str, version: Optional[str] = None) -> MetadataModelResponse:
+        return self.registry.get(name, version).metadata()
+
+    def model_ready(self, name: str, version: Optional[str] = None) -> bool:
+        return self.registry.ready(name, version)
+
+    def model(self, name: str, version: Optional[str] = None) -> Any:
+        """The ready IModel (for transports that need more than ``infer``)."""
+        return self.registry.get(name, version)
+
+    # -- inference ------------------------------------------------------------
+
+    def infer(self, name: str, version: Optional[str], request: InferenceRequest) -> Deferred:
+        """Serve one request; a Deferred firing with the InferenceResponse."""
+        if self.draining:
+            raise Unavailable("server is shutting down")
+        model = self.registry.get(name, version)
+        self.inflight += 1
+        try:
+            d = model.predict(request)
+        except BaseException:
+            d = Deferred()
+            d.errback()
+        return d.addBoth(self._finish, model, request)
+
+    def _finish(self, result: Any, model: Any, request: InferenceRequest) -> Any:
+        self.inflight -= 1
+        if self.inflight == 0 and self._idle:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+        if isinstance(result, Failure):
+            return self._map_failure(result, model)
+        if not isinstance(result, InferenceResponse):
+            raise Internal(
+                f"model '{model.name}' predict() returned {type(result).__name__}, not an InferenceResponse"
+            )
+        if not result.model_name:
+            result.model_name = model.name
+        if result.model_version is None:
+            result.model_version = model.version
+        if result.id is None:
+            result.id = request.id
+        return result
+
+    def _map_failure(self, failure: Failure, model: Any) -> Failure:
+        exc = failure.value
+        if isinstance(exc, V2DError):
+            return failure
+        if isinstance(exc, NotImplementedError):
+            return Failure(Unimplemented(str(exc) or f"model '{model.name}' does not implement this"))
+        self.log.failure("model {model} failed a request", failure, model=model.name)
+        return Failure(Internal(describe_failure(failure)))
+
+    def begin_stream(self, name: str, version: Optional[str]) -> Any:
+        """Check a model can stream and count the stream in flight; returns the model."""
+        if self.draining:
+            raise Unavailable("server is shutting down")
+        model = self.registry.get(name, version)
+        if not getattr(model, "streaming", False):
+            raise Unimplemented(f"model '{name}' does not implement predict_stream()")
+        self.inflight += 1
+        return model
+
+    def end_stream(self, model: Any) -> None:
+        """A stream begun with ``begin_stream`` ended."""
+        self._finish(InferenceResponse(model_name=model.name), model, InferenceRequest())
+
+    # -- repository extension -------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> List[Dict[str, str]]:
+        """Every model found or loaded, with its state and reason."""
+        entries: Dict[tuple, Dict[str, str]] = {}
+        for found in self.repository.discover():
+            version = found.settings.version if found.settings else None
+            entries[(found.name, version or "")] = {
+                "name": found.name,
+                "version": version or "",
+                "state": "UNAVAILABLE",
+                "reason": found.error or "not loaded",
+            }
+        for name, versions in self.registry.states().items():
+            for version, state, reason in versions:
+                entries[(name, version)] = {"name": name, "version": version, "state": state, "reason": reason}
+        out = [e for _, e in sorted(entries.items())]
+        if ready_only:
+            out = [e for e in out if e["state"] == "READY"]
+        for e in out:
+            if not e["version"]:
+                del e["version"]
+        return out
+
+    def load_model(self, name: str) -> Deferred:
+        """(Re)load a model from its folder, picking up changed settings and code."""
+        found = self.repository.find(name)
+        errors = [d.error for d in found if d.error]
+        if errors:
+            for d in found:
+                if d.error:
+                    self.registry.mark_failed(d.name, None, d.error)
+            raise FailedPrecondition(f"failed to load model '{name}': {errors[0]}")
+        return gatherResults(
+            [self.registry.load(d.settings) for d in found], consumeErrors=True
+        ).addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+
+    def unload_model(self, name: str) -> Deferred:
+        return self.registry.unload(name)
+
+    def load_all(self) -> Deferred:
+        """Load every model found at start-up; failures are recorded, never raised."""
+        pending = []
+        for found in self.repository.discover():
+            if found.error or found.settings is None:
+                self.log.error("model {model}: {error}", model=found.name, error=found.error)
+                self.registry.mark_failed(found.name, None, found.error or "invalid settings")
+                continue
+            if found.settings.unknown_fields:
+                self.log.warn(
+                    "model {model}: unknown fields in model-settings.json ignored: {fields}",
+                    model=found.name,
+                    fields=", ".join(found.settings.unknown_fields),
+                )
+            pending.append(self.registry.load(found.settings).addErrback(lambda f: None))
+
+        def done(_: Any) -> None:
+            self.started = True
+
+        return gatherResults(pending).addCallback(done)
+
+    # -- shutdown ---------------------------------------------------------------
+
+    def drain(self, clock: IReactorTime, timeout: float) -> Deferred:
+        """Refuse new requests; fire when none is in flight or after ``timeout`` s."""
+        self.draining = True
+        if self.inflight == 0:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._idle.append(d)
+        d.addTimeout(timeout, clock, onTimeoutCancel=lambda result, t: self.log.warn(
+            "{n} requests still in flight after {timeout}s; stopping anyway", n=self.inflight, timeout=t
+        ))
+        return d

@@ -1,0 +1,273 @@
+"""
+The Open Inference Protocol over REST, as a Klein app bound to a DataPlane.
+
+Handlers are thin: decode the wire, call the dataplane, encode the answer. Errors are
+v2d.errors mapped to an HTTP status and ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, Optional
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from werkzeug.exceptions import HTTPException
+
+from v2d.errors import V2DError
+from v2d.rest._json import (
+    decode_request,
+    dumps,
+    encode_response,
+    error_body,
+    parse_json_object,
+)
+from v2d.types import HeaderDict, InferenceRequest, InferenceResponse, Parameters
+
+__all__ = ["HOP_BY_HOP", "RestAPI", "STATUS_OF_KIND"]
+
+STATUS_OF_KIND: Dict[str, int] = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "UNIMPLEMENTED": 400,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 413,
+    "UNAVAILABLE": 503,
+    "INTERNAL": 500,
+}
+
+#: Headers that describe one connection, never copied to or from a model.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+    }
+)
+
+_JSON = b"application/json"
+log = Logger()
+
+
+def _error(request: Any, exc: V2DError) -> bytes:
+    request.setResponseCode(STATUS_OF_KIND.get(exc.kind, 500))
+    request.setHeader(b"content-type", _JSON)
+    return error_body(exc.message)
+
+
+def _unexpected(request: Any, failure: Failure) -> bytes:
+    log.failure("unexpected error serving {path}", failure, path=request.path)
+    request.setResponseCode(500)
+    request.setHeader(b"content-type", _JSON)
+    return error_body(f"internal error: {type(failure.value).__name__}: {failure.value}")
+
+
+def _on_failure(request: Any) -> Callable[[Failure], bytes]:
+    def handle(failure: Failure) -> bytes:
+        if isinstance(failure.value, V2DError):
+            return _error(request, failure.value)
+        return _unexpected(request, failure)
+
+    return handle
+
+
+def endpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map v2d errors (raised or from a Deferred) to JSON error responses."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = fn(self, request, *args, **kwargs)
+        except V2DError as e:
+            return _error(request, e)
+        except Exception:
+            return _unexpected(request, Failure())
+        if isinstance(result, Deferred):
+            return result.addErrback(_on_failure(request))
+        return result
+
+    return wrapper
+
+
+def request_headers(request: Any) -> HeaderDict:
+    """The request's headers (names lower-cased, lookups case-insensitive), hop-by-hop ones left out."""
+    headers = HeaderDict()
+    for raw_name, values in request.requestHeaders.getAllRawHeaders():
+        name = raw_name.decode("latin-1").lower()
+        if name in HOP_BY_HOP:
+            continue
+        headers[name] = ", ".join(v.decode("latin-1") for v in values)
+    return headers
+
+
+def attach_headers(payload: InferenceRequest, headers: HeaderDict) -> None:
+    """Put transport headers into ``payload.parameters.headers``."""
+    if payload.parameters is None:
+        payload.parameters = Parameters(headers=headers)
+    elif payload.parameters.headers:
+        merged = HeaderDict(payload.parameters.headers)
+        merged.update(headers)
+        payload.parameters.headers = merged
+    else:
+        payload.parameters.headers = headers
+
+
+def take_response_headers(response: InferenceResponse) -> Optional[Dict[str, str]]:
+    """Remove and return ``response.parameters.headers``."""
+    params = response.parameters
+    if params is None or not params.headers:
+        return None
+    headers = params.headers
+    params.headers = None
+    if not params.to_dict():
+        response.parameters = None
+    return headers
+
+
+def send_headers(request: Any, headers: Optional[Dict[str, Any]]) -> None:
+    """Set a model's response headers on the HTTP response (hop-by-hop ones dropped)."""
+    if not headers:
+        return
+    for name, value in headers.items():
+        if name.lower() in HOP_BY_HOP:
+            continue
+        request.setHeader(str(name).encode("latin-1"), str(value).encode("latin-1"))
+
+
+class RestAPI:
+    """The REST endpoints over a dataplane; ``app.resource()`` is the web resource."""
+
+    app = Klein()
+
+    def __init__(self, dataplane: Any) -> None:
+        self.dataplane = dataplane
+
+    # -- health -----------------------------------------------------------------
+
+    @app.route("/v2/health/live", methods=["GET"])
+    @endpoint
+    def live(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", _JSON)
+        if not self.dataplane.live():
+            request.setResponseCode(503)
+            return dumps({"live": False})
+        return dumps({"live": True})
+
+    @app.route("/v2/health/ready", methods=["GET"])
+    @endpoint
+    def ready(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", _JSON)
+        if not self.dataplane.ready():
+            request.setResponseCode(503)
+            return dumps({"ready": False})
+        return dumps({"ready": True})
+
+    # -- metadata ----------------------------------------------------------------
+
+    @app.route("/v2", methods=["GET"])
+    @endpoint
+    def server_metadata(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", _JSON)
+        return dumps(self.dataplane.metadata().to_dict())
+
+    @app.route("/v2/models/<name>", methods=["GET"])
+    @app.route("/v2/models/<name>/versions/<version>", methods=["GET"])
+    @endpoint
+    def model_metadata(self, request: Any, name: str, version: Optional[str] = None) -> bytes:
+        request.setHeader(b"content-type", _JSON)
+        return dumps(self.dataplane.model_metadata(name, version).to_dict())
+
+    @app.route("/v2/models/<name>/ready", methods=["GET"])
+    @app.route("/v2/models/<name>/versions/<version>/ready", methods=["GET"])
+    @endpoint
+    def model_ready(self, request: Any, name: str, version: Optional[str] = None) -> bytes:
+        request.setHeader(b"content-type", _JSON)
+        ready = self.dataplane.model_ready(name, version)
+        if not ready:
+            request.setResponseCode(503)
+        return dumps({"name": name, "ready": ready})
+
+    # -- inference ---------------------------------------------------------------
+
+    def decode_infer(self, request: Any) -> InferenceRequest:
+        """The InferenceRequest of an HTTP request (JSON body)."""
+        body = request.content.getvalue()
+        return decode_request(parse_json_object(body))
+
+    def encode_infer(self, request: Any, response: InferenceResponse, payload: InferenceRequest) -> bytes:
+        """The HTTP body of an InferenceResponse (JSON)."""
+        request.setHeader(b"content-type", _JSON)
+        return encode_response(response)
+
+    @app.route("/v2/models/<name>/infer", methods=["POST"])
+    @app.route("/v2/models/<name>/versions/<version>/infer", methods=["POST"])
+    @endpoint
+    def infer(self, request: Any, name: str, version: Optional[str] = None) -> Any:
+        payload = self.decode_infer(request)
+        attach_headers(payload, request_headers(request))
+        d = self.dataplane.infer(name, version, payload)
+
+        def encode(response: InferenceResponse) -> bytes:
+            headers = take_response_headers(response)
+            body = self.encode_infer(request, response, payload)
+            send_headers(request, headers)
+            return body
+
+        return d.addCallback(encode)
+
+    # -- repository extension ----------------------------------------------------
+
+    @app.route("/v2/repository/index", methods=["POST"])
+    @endpoint
+    def repository_index(self, request: Any) -> bytes:
+        body = request.content.getvalue()
+        ready_only = False
+        if body.strip():
+            doc = parse_json_object(body)
+            ready_only = bool(doc.get("ready", False))
+        request.setHeader(b"content-type", _JSON)
+        return dumps(self.dataplane.repository_index(ready_only))
+
+    @app.route("/v2/repository/models/<name>/load", methods=["POST"])
+    @endpoint
+    def repository_load(self, request: Any, name: str) -> Deferred:
+        def done(_: Any) -> bytes:
+            request.setHeader(b"content-type", _JSON)
+            return b"{}"
+
+        return self.dataplane.load_model(name).addCallback(done)
+
+    @app.route("/v2/repository/models/<name>/unload", methods=["POST"])
+    @endpoint
+    def repository_unload(self, request: Any, name: str) -> Deferred:
+        def done(_: Any) -> bytes:
+            request.setHeader(b"content-type", _JSON)
+            return b"{}"
+
+        return self.dataplane.unload_model(name).addCallback(done)
+
+    # -- anything else -------------------------------------------------------------
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: Any, failure: Failure) -> bytes:
+        exc = failure.value
+        request.setResponseCode(exc.code or 500)
+        request.setHeader(b"content-type", _JSON)
+        if exc.code == 404:
+            message = f"no such endpoint: {request.method.decode()} {request.path.decode('latin-1')}"
+        elif exc.code == 405:
+            message = f"method {request.method.decode()} not allowed on {request.path.decode('latin-1')}"
+        else:
+            message = exc.description or exc.name
+        return error_body(message)

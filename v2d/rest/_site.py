@@ -1,0 +1,83 @@
+"""
+The HTTP site: twisted.web with a request class that enforces the body size limit.
+
+Bodies are kept in memory (never spilled to a temporary file: the limit bounds them),
+and a body over the limit is refused with 413 without being stored.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Optional
+
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+from v2d.rest._json import error_body
+
+__all__ = ["V2DRequest", "make_site"]
+
+
+class V2DRequest(Request):
+    """A request that refuses bodies over ``site.max_body_size`` with 413."""
+
+    too_large = False
+    _received = 0
+
+    def _limit(self) -> int:
+        return getattr(self.channel.site, "max_body_size", 0) or 0  # type: ignore[union-attr]
+
+    def gotLength(self, length: Optional[int]) -> None:
+        self.content = io.BytesIO()
+        limit = self._limit()
+        if limit and length is not None and length > limit:
+            self._refuse(length, limit)
+
+    def _refuse(self, length: Optional[int], limit: int) -> None:
+        self.too_large = True
+        size = f"{length} bytes" if length is not None else "more bytes than that"
+        body = error_body(f"request body is {size}; the limit is {limit} bytes (setting max_body_size)")
+        transport = self.channel.transport  # type: ignore[union-attr]
+        transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
+            + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            + body
+        )
+        transport.loseConnection()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self._received += len(data)
+        limit = self._limit()
+        if limit and self._received > limit:
+            self.content = io.BytesIO()
+            self._refuse(None, limit)
+            return
+        self.content.write(data)
+
+    def process(self) -> None:
+        if self.too_large:
+            return
+        super().process()
+
+
+class V2DSite(Site):
+    """A Site whose per-request access log is optional (off by default: it costs)."""
+
+    access_log = False
+    max_body_size = 0
+
+    def log(self, request: Any) -> None:
+        if self.access_log:
+            super().log(request)
+
+
+def make_site(resource: IResource, max_body_size: int, access_log: bool = False, **kwargs: Any) -> Site:
+    """A Site serving ``resource`` with the body size limit."""
+    site = V2DSite(resource, requestFactory=V2DRequest, **kwargs)
+    site.max_body_size = max_body_size
+    site.access_log = access_log
+    site.displayTracebacks = False
+    site.noisy = False
+    return site

@@ -1,0 +1,151 @@
+"""
+The v2d service: wires repository, registry, dataplane, transports and workers, and
+owns start-up and the ordered shutdown.
+
+Start: listen (so liveness answers at once), then load every model (readiness follows).
+Stop: stop listening, drain requests in flight (with a deadline), unload models, end
+worker processes; ``stopService`` fires only when all of that is done, and twistd
+waits for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.logger import Logger
+
+from v2d.dataplane import DataPlane
+from v2d.interfaces import IModelFactory
+from v2d.registry import ModelRegistry
+from v2d.repository import ModelRepository
+from v2d.rest import RestAPI, make_site
+from v2d.settings import ModelSettings, Settings
+from v2d.wrappers import LocalModelFactory
+
+__all__ = ["V2DService", "workers_for"]
+
+
+def workers_for(settings: Settings, model: ModelSettings) -> int:
+    """How many worker processes a model gets (0: in-process); see API.md ``--workers``."""
+    if model.parallel_workers is not None:
+        return model.parallel_workers
+    has_environment = bool(model.parameters.environment_tarball or model.parameters.environment_path)
+    if has_environment and settings.workers == 0:
+        return 1
+    return settings.workers
+
+
+class V2DService(Service):
+    """The whole daemon as one Twisted service."""
+
+    log = Logger()
+
+    def __init__(self, settings: Settings, reactor: Any, environ: Optional[dict] = None) -> None:
+        import os
+
+        self.settings = settings
+        self.reactor = reactor
+        self.repository = ModelRepository(settings.models, dict(os.environ if environ is None else environ))
+        self.local_factory = LocalModelFactory()
+        self.worker_pool: Optional[Any] = None
+        self.registry = ModelRegistry(factory_for=self.factory_for)
+        self.dataplane = DataPlane(
+            registry=self.registry,
+            repository=self.repository,
+            server_name=settings.server_name,
+            extensions=self.extensions(),
+            strict_readiness=settings.strict_readiness,
+        )
+        self.rest = RestAPI(self.dataplane)
+        self.site = make_site(self.rest.app.resource(), settings.max_body_size, settings.access_log)
+        self.ports: List[Any] = []
+        self.grpc_server: Optional[Any] = None
+        self._loaded: Optional[Deferred] = None
+
+    def extensions(self) -> List[str]:
+        """The protocol extensions this server offers."""
+        return ["model_repository"]
+
+    # -- models in and out of process ------------------------------------------
+
+    def factory_for(self, model: ModelSettings) -> IModelFactory:
+        """The factory that builds a model: in this process, or in worker processes."""
+        count = workers_for(self.settings, model)
+        if count == 0:
+            return self.local_factory
+        return self._workers().model_factory(model, count)
+
+    def _workers(self) -> Any:
+        if self.worker_pool is None:
+            from v2d.workers import WorkerPool
+
+            self.worker_pool = WorkerPool(reactor=self.reactor, settings=self.settings)
+        return self.worker_pool
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        d = self._start()
+        d.addErrback(self._failed_start)
+
+    @inlineCallbacks
+    def _start(self) -> Any:
+        for description in self.settings.rest:
+            endpoint = endpoints.serverFromString(self.reactor, description)
+            port = yield endpoint.listen(self.site)
+            self.ports.append(port)
+            self.log.info("REST listening on {address}", address=_describe(port))
+        if self.settings.grpc:
+            yield self._start_grpc()
+        self._loaded = self.dataplane.load_all()
+        yield self._loaded
+        ready = [n for n in self.registry.names() if self.registry.ready(n)]
+        self.log.info("{n} model(s) ready: {names}", n=len(ready), names=", ".join(ready) or "-")
+
+    def _start_grpc(self) -> Deferred:
+        try:
+            from v2d.grpc import GRPCServer
+        except ImportError:
+            self.log.warn("gRPC is not available in this build; serving REST only")
+            return succeed(None)
+        self.grpc_server = GRPCServer(self.dataplane, self.settings, self.reactor)
+        return self.grpc_server.start()
+
+    def _failed_start(self, failure: Any) -> None:
+        self.log.failure("v2d failed to start", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        return self._stop()
+
+    @inlineCallbacks
+    def _stop(self) -> Any:
+        self.log.info("stopping: no new connections, draining requests in flight")
+        yield gatherResults([succeed(p.stopListening()) for p in self.ports], consumeErrors=True)
+        self.ports = []
+        grpc_stopped = self.grpc_server.stop(self.settings.shutdown_timeout) if self.grpc_server else succeed(None)
+        yield self.dataplane.drain(self.reactor, self.settings.shutdown_timeout)
+        yield grpc_stopped
+        self.log.info("unloading models")
+        yield self.registry.unload_all()
+        if self.worker_pool is not None:
+            self.log.info("stopping worker processes")
+            yield self.worker_pool.stop()
+        self.log.info("stopped")
+
+
+def _describe(port: Any) -> str:
+    try:
+        host = port.getHost()
+    except Exception:
+        return repr(port)
+    address = getattr(host, "host", None)
+    if address is not None:
+        return f"{address}:{host.port}"
+    return str(getattr(host, "name", host))
