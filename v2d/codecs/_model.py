@@ -100,7 +100,9 @@ def encode_output(
     """
     name = request_output.name
     content_type = _content_type(request_output.parameters) or _metadata_content_type(settings.outputs, name)
-    codec = find_input_codec(content_type=content_type) if content_type else find_input_codec_by_payload(payload)
+    codec = (
+        find_input_codec(content_type=content_type) if content_type else find_input_codec_by_payload(payload)
+    )
     if codec is None and default_codec is not None:
         codec = _input_codec(default_codec)
     if codec is None:

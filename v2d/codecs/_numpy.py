@@ -103,8 +103,7 @@ def _decode(tensor: Any, what: str) -> np.ndarray:
             size *= d
         if array.size != size:
             raise InferenceError(
-                f"{what} '{tensor.name}': data has {array.size} elements "
-                f"but shape {list(shape)} needs {size}"
+                f"{what} '{tensor.name}': data has {array.size} elements but shape {list(shape)} needs {size}"
             )
         array = array.reshape(shape)
     return array

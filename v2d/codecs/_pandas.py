@@ -97,7 +97,9 @@ def _bytes_column(name: str, items: List[Any], use_bytes: bool) -> Tuple[List[An
     return out, None
 
 
-def _tensor_parts(pd: Any, name: str, series: Any, use_bytes: bool) -> Tuple[List[int], str, Any, Optional[str]]:
+def _tensor_parts(
+    pd: Any, name: str, series: Any, use_bytes: bool
+) -> Tuple[List[int], str, Any, Optional[str]]:
     """(shape, datatype, data, content type) of one column."""
     shape = [len(series), 1]
     if pd.api.types.is_datetime64_any_dtype(series.dtype):

@@ -14,6 +14,8 @@ from v2d.codecs._base import InputCodec, RequestCodec
 
 __all__ = [
     "CodecRegistry",
+    "InputCodecLike",
+    "RequestCodecLike",
     "find_input_codec",
     "find_input_codec_by_payload",
     "find_input_codec_by_type_hint",

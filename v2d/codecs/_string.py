@@ -40,7 +40,9 @@ def decode_str(item: Union[bytes, str], name: str = "") -> str:
 
 def _encode_items(name: str, payload: Any, use_bytes: bool) -> List[Any]:
     if not isinstance(payload, (list, tuple)):
-        raise CodecError(f"output '{name}': the 'str' codec encodes a list of str, got {type(payload).__name__}")
+        raise CodecError(
+            f"output '{name}': the 'str' codec encodes a list of str, got {type(payload).__name__}"
+        )
     out: List[Any] = []
     for item in payload:
         if not isinstance(item, str):
@@ -71,7 +73,9 @@ class StringCodec(InputCodec):
         return is_list_of(payload, str)
 
     @classmethod
-    def encode_output(cls, name: str, payload: List[str], use_bytes: bool = True, **kwargs: Any) -> ResponseOutput:
+    def encode_output(
+        cls, name: str, payload: List[str], use_bytes: bool = True, **kwargs: Any
+    ) -> ResponseOutput:
         """A BYTES output of shape ``[N, 1]`` (items as ``str`` if ``use_bytes`` is false)."""
         data = _encode_items(name, payload, use_bytes)
         return ResponseOutput(
@@ -88,7 +92,9 @@ class StringCodec(InputCodec):
         return _decode_items(response_output)
 
     @classmethod
-    def encode_input(cls, name: str, payload: List[str], use_bytes: bool = True, **kwargs: Any) -> RequestInput:
+    def encode_input(
+        cls, name: str, payload: List[str], use_bytes: bool = True, **kwargs: Any
+    ) -> RequestInput:
         """A BYTES input of shape ``[N, 1]`` (items as ``str`` if ``use_bytes`` is false)."""
         data = _encode_items(name, payload, use_bytes)
         return RequestInput(
