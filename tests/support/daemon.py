@@ -74,6 +74,7 @@ class Daemon:
         grpc: bool = True,
         cwd: Optional[str] = None,
         command: Optional[List[str]] = None,
+        argv: Optional[List[str]] = None,
     ) -> None:
         self.models = models
         self.args = list(args)
@@ -88,6 +89,11 @@ class Daemon:
         self.env.update(env or {})
         self.cwd = cwd
         self.command = command or twistd_command()
+        self._argv = argv
+        if argv is not None:
+            for i, arg in enumerate(argv[:-1]):
+                if arg == "--rest" and argv[i + 1].startswith("tcp:"):
+                    self.http_port = int(argv[i + 1].split(":")[1])
         self.process: Optional[subprocess.Popen] = None
         self.logfile: Optional[str] = None
 
@@ -100,6 +106,9 @@ class Daemon:
         return f"127.0.0.1:{self.grpc_port}"
 
     def argv(self) -> List[str]:
+        """The command line: ``argv`` if given, else twistd on the chosen ports."""
+        if self._argv is not None:
+            return list(self._argv)
         grpc = self.grpc_address if self.grpc_port else "none"
         return self.command + [
             "-n",

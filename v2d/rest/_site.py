@@ -19,7 +19,12 @@ __all__ = ["V2DRequest", "make_site"]
 
 
 class V2DRequest(Request):
-    """A request that refuses bodies over ``site.max_body_size`` with 413."""
+    """
+    A request that refuses bodies over ``site.max_body_size`` with 413.
+
+    An oversized body is read and dropped, never stored, and the 413 is sent once it
+    has arrived, so that clients still sending see the answer rather than a reset.
+    """
 
     too_large = False
     _received = 0
@@ -31,19 +36,7 @@ class V2DRequest(Request):
         self.content = io.BytesIO()
         limit = self._limit()
         if limit and length is not None and length > limit:
-            self._refuse(length, limit)
-
-    def _refuse(self, length: Optional[int], limit: int) -> None:
-        self.too_large = True
-        size = f"{length} bytes" if length is not None else "more bytes than that"
-        body = error_body(f"request body is {size}; the limit is {limit} bytes (setting max_body_size)")
-        transport = self.channel.transport  # type: ignore[union-attr]
-        transport.write(
-            b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
-            + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-            + body
-        )
-        transport.loseConnection()
+            self.too_large = True
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.too_large:
@@ -51,15 +44,21 @@ class V2DRequest(Request):
         self._received += len(data)
         limit = self._limit()
         if limit and self._received > limit:
+            self.too_large = True
             self.content = io.BytesIO()
-            self._refuse(None, limit)
             return
         self.content.write(data)
 
     def process(self) -> None:
-        if self.too_large:
+        if not self.too_large:
+            super().process()
             return
-        super().process()
+        limit = self._limit()
+        self.setResponseCode(413)
+        self.setHeader(b"content-type", b"application/json")
+        self.setHeader(b"connection", b"close")
+        self.write(error_body(f"request body is over the limit of {limit} bytes (setting max_body_size)"))
+        self.finish()
 
 
 class V2DSite(Site):
