@@ -100,6 +100,16 @@ def endpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def request_body(request: Any) -> bytes:
+    """The whole request body (kept in memory by V2DRequest)."""
+    content = request.content
+    getvalue = getattr(content, "getvalue", None)
+    if getvalue is not None:
+        return getvalue()
+    content.seek(0)
+    return content.read()
+
+
 def request_headers(request: Any) -> HeaderDict:
     """The request's headers (names lower-cased, lookups case-insensitive), hop-by-hop ones left out."""
     headers = HeaderDict()
@@ -202,8 +212,7 @@ class RestAPI:
 
     def decode_infer(self, request: Any) -> InferenceRequest:
         """The InferenceRequest of an HTTP request (JSON body)."""
-        body = request.content.getvalue()
-        return decode_request(parse_json_object(body))
+        return decode_request(parse_json_object(request_body(request)))
 
     def encode_infer(self, request: Any, response: InferenceResponse, payload: InferenceRequest) -> bytes:
         """The HTTP body of an InferenceResponse (JSON)."""
@@ -231,7 +240,7 @@ class RestAPI:
     @app.route("/v2/repository/index", methods=["POST"])
     @endpoint
     def repository_index(self, request: Any) -> bytes:
-        body = request.content.getvalue()
+        body = request_body(request)
         ready_only = False
         if body.strip():
             doc = parse_json_object(body)
