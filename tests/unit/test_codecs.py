@@ -382,3 +382,16 @@ def test_deprecated_names_still_work() -> None:
     out = StringCodec.encode("s", ["a"])
     assert isinstance(out, ResponseOutput)
     assert StringCodec.decode(RequestInput(name="s", shape=[1], datatype="BYTES", data=[b"a"])) == ["a"]
+
+
+def test_datetime_decode_any_fraction_length_and_space_separator() -> None:
+    request_input = RequestInput(
+        name="t",
+        shape=[3],
+        datatype="BYTES",
+        data=["2024-01-02T03:04:05.123456789+00:00", "2024-01-02 03:04:05.25", "2024-01-02T03:04:05,1"],
+    )
+    decoded = DatetimeCodec.decode_input(request_input)
+    assert decoded[0] == datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+    assert decoded[1] == datetime(2024, 1, 2, 3, 4, 5, 250000)
+    assert decoded[2] == datetime(2024, 1, 2, 3, 4, 5, 100000)

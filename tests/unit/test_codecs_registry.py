@@ -318,3 +318,16 @@ def test_encode_response_pandas() -> None:
     assert response.model_version == "9"
     assert response.parameters.content_type == "pd"
     assert [o.name for o in response.outputs] == ["p"]
+
+
+def test_decode_hand_built_dict_parameters() -> None:
+    model = _model()
+    request_input = RequestInput(
+        name="x", shape=[1], datatype="BYTES", data=["hi"], parameters={"content_type": "str"}
+    )
+    assert model.decode(request_input) == ["hi"]
+    request = InferenceRequest(
+        parameters={"content_type": "np"},
+        inputs=[RequestInput(name="x", shape=[1], datatype="FP64", data=[2])],
+    )
+    assert model.decode_request(request).tolist() == [2.0]

@@ -348,7 +348,7 @@ def test_wrong_tuple_length_is_a_codec_error() -> None:
 def test_unannotated_return_is_encoded_by_payload() -> None:
     class Loose(MLModel):
         @decode_args
-        def predict(self, x: np.ndarray):  # noqa: ANN202 - no return hint on purpose
+        def predict(self, x: np.ndarray):
             return x, ["a"], None
 
     response = Loose(_settings()).predict(_pair_request())
@@ -466,7 +466,7 @@ def test_missing_input_hint_fails_at_decoration() -> None:
 
         class Bad(MLModel):
             @decode_args
-            def predict(self, x) -> np.ndarray:  # noqa: ANN001 - missing on purpose
+            def predict(self, x) -> np.ndarray:
                 return np.zeros(1)
 
 

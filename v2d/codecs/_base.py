@@ -28,6 +28,7 @@ __all__ = [
     "RequestCodec",
     "SingleInputRequestCodec",
     "bytes_items",
+    "content_type_of",
     "content_type_parameters",
     "hint_key",
     "is_list_of",
@@ -86,6 +87,15 @@ def bytes_items(request_input: Any) -> List[Any]:
         else:
             stack.pop()
     return out
+
+
+def content_type_of(parameters: Any) -> Optional[str]:
+    """The content type of a parameters object (or of a plain dict, in hand-built requests)."""
+    if parameters is None:
+        return None
+    if isinstance(parameters, dict):
+        return parameters.get("content_type") or None
+    return getattr(parameters, "content_type", None) or None
 
 
 def content_type_parameters(content_type: Optional[str]) -> Optional[Parameters]:
@@ -202,6 +212,9 @@ class RequestCodec:
         return cls.decode_request(request)
 
 
+_InputCodecClass = InputCodec  # the class, as the attribute below shadows its name
+
+
 class SingleInputRequestCodec(RequestCodec):
     """
     A request codec for requests (responses) made of a single tensor, decoded with
@@ -209,10 +222,10 @@ class SingleInputRequestCodec(RequestCodec):
     ``input-1``, as in MLServer.
     """
 
-    InputCodec: ClassVar[Optional[Type[InputCodec]]] = None
+    InputCodec: ClassVar[Optional[Type[_InputCodecClass]]] = None
 
     @classmethod
-    def _input_codec(cls) -> Type[InputCodec]:
+    def _input_codec(cls) -> Type[_InputCodecClass]:
         if cls.InputCodec is None:
             raise NotImplementedError(f"{cls.__name__} has no InputCodec")
         return cls.InputCodec

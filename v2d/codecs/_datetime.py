@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, List
 
@@ -33,14 +34,24 @@ def _encode_items(name: str, payload: Any, use_bytes: bool) -> List[Any]:
     return out
 
 
+_FRACTION = re.compile(r"([T ]\d\d:\d\d:\d\d)[.,](\d+)")
+
+
 def parse_datetime(text: str) -> datetime:
     """
-    An ISO 8601 date-time; a trailing ``Z`` means UTC (also on Python < 3.11, whose
-    ``fromisoformat`` does not take it).
+    An ISO 8601 date-time. A trailing ``Z`` means UTC and fractions of a second may
+    have any number of digits, also on Python < 3.11 (whose ``fromisoformat`` takes
+    neither).
     """
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
-    return datetime.fromisoformat(text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        fixed = _FRACTION.sub(lambda m: f"{m.group(1)}.{m.group(2)[:6].ljust(6, '0')}", text, count=1)
+        if fixed == text:
+            raise
+        return datetime.fromisoformat(fixed)
 
 
 def _decode_item(item: Any, name: str) -> datetime:

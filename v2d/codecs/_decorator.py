@@ -145,7 +145,7 @@ class _SignatureCodec:
             if hint is RequestInput:
                 param = _Param(p.name, _RAW, None, optional, p.default)
             else:
-                codec = find_input_codec(type_hint=hint)
+                codec: Any = find_input_codec(type_hint=hint)
                 kind = _INPUT
                 if codec is None:
                     codec = find_request_codec(type_hint=hint)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
+from v2d.codecs._base import content_type_of
 from v2d.codecs._errors import CodecNotFound
 from v2d.codecs._registry import (
     find_input_codec,
@@ -24,7 +25,6 @@ from v2d.types import (
     InferenceRequest,
     InferenceResponse,
     MetadataTensor,
-    Parameters,
     RequestInput,
     RequestOutput,
     ResponseOutput,
@@ -33,16 +33,10 @@ from v2d.types import (
 __all__ = ["decode_input", "decode_request", "encode_output", "encode_response"]
 
 
-def _content_type(parameters: Optional[Parameters]) -> Optional[str]:
-    if parameters is None:
-        return None
-    return getattr(parameters, "content_type", None) or None
-
-
 def _metadata_content_type(tensors: List[MetadataTensor], name: str) -> Optional[str]:
     for tensor in tensors:
         if tensor.name == name:
-            return _content_type(tensor.parameters)
+            return content_type_of(tensor.parameters)
     return None
 
 
@@ -67,7 +61,7 @@ def _request_codec(codec: Any) -> Any:
 
 def decode_input(settings: ModelSettings, request_input: RequestInput, default_codec: Any = None) -> Any:
     """``request_input`` decoded by its content type; its raw ``data`` if it has none."""
-    content_type = _content_type(request_input.parameters) or _metadata_content_type(
+    content_type = content_type_of(request_input.parameters) or _metadata_content_type(
         settings.inputs, request_input.name
     )
     if content_type:
@@ -81,7 +75,7 @@ def decode_input(settings: ModelSettings, request_input: RequestInput, default_c
 
 def decode_request(settings: ModelSettings, request: InferenceRequest, default_codec: Any = None) -> Any:
     """``request`` decoded by its request content type; the request itself if it has none."""
-    content_type = _content_type(request.parameters) or settings.parameters.content_type
+    content_type = content_type_of(request.parameters) or settings.parameters.content_type
     if content_type:
         codec = find_request_codec(content_type=content_type)
         if codec is not None:
@@ -99,7 +93,9 @@ def encode_output(
     content type, else by the payload's Python type, else with ``default_codec``.
     """
     name = request_output.name
-    content_type = _content_type(request_output.parameters) or _metadata_content_type(settings.outputs, name)
+    content_type = content_type_of(request_output.parameters) or _metadata_content_type(
+        settings.outputs, name
+    )
     codec = (
         find_input_codec(content_type=content_type) if content_type else find_input_codec_by_payload(payload)
     )

@@ -14,7 +14,7 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from v2d.codecs._base import RequestCodec, bytes_items, content_type_parameters
+from v2d.codecs._base import RequestCodec, bytes_items, content_type_of, content_type_parameters
 from v2d.codecs._errors import CodecError
 from v2d.codecs._numpy import NumpyCodec, to_datatype
 from v2d.codecs._registry import find_input_codec
@@ -49,8 +49,7 @@ def _dataframe_type() -> Optional[type]:
 
 def _column(pd: Any, tensor: Any) -> Any:
     """One input (output) as a Series."""
-    params = tensor.parameters
-    content_type = params.content_type if params is not None else None
+    content_type = content_type_of(tensor.parameters)
     if content_type and content_type not in (NumpyCodec.ContentType, PandasCodec.ContentType):
         codec = find_input_codec(content_type=content_type)
         if codec is not None:
