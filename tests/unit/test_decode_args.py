@@ -2,6 +2,7 @@
 
 import asyncio
 import inspect
+import sys
 import typing
 from datetime import datetime, timezone
 from typing import Any, List, Optional, Tuple
@@ -521,3 +522,37 @@ def test_string_annotations_and_forward_references() -> None:
     lengths, kind = response.outputs
     assert np.asarray(lengths.data).ravel().tolist() == [2, 1]
     assert kind.data == [b"NoneType"]
+
+
+def test_ndarray_generic_hints() -> None:
+    import numpy.typing as npt
+
+    class Typed(MLModel):
+        @decode_args
+        def predict(self, x: npt.NDArray[np.float32]) -> "np.ndarray[Any, np.dtype[np.float32]]":
+            return x * 3
+
+    response = Typed(_settings()).predict(
+        InferenceRequest(inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=[2])])
+    )
+    assert response.outputs[0].data.ravel().tolist() == [6.0]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="X | None needs Python 3.10")
+def test_pep604_optional() -> None:
+    source = """
+import numpy as np
+from v2d import MLModel
+from v2d.codecs import decode_args
+
+class Union(MLModel):
+    @decode_args
+    def predict(self, x: np.ndarray, y: np.ndarray | None = None) -> list[str]:
+        return [str(y)]
+"""
+    namespace: dict = {"__name__": "pep604"}
+    exec(compile(source, "pep604.py", "exec"), namespace)
+    response = namespace["Union"](_settings()).predict(
+        InferenceRequest(inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=[2])])
+    )
+    assert response.outputs[0].data == [b"None"]

@@ -10,6 +10,7 @@ BYTES, strings as UTF-8.
 
 from __future__ import annotations
 
+import typing
 from typing import Any, List
 
 import numpy as np
@@ -119,6 +120,11 @@ class NumpyCodec(InputCodec):
     def can_encode(cls, payload: Any) -> bool:
         """Whether ``payload`` is a numpy array."""
         return isinstance(payload, np.ndarray)
+
+    @classmethod
+    def matches_type_hint(cls, type_hint: Any) -> bool:
+        """``np.ndarray``, also subscripted (``numpy.typing.NDArray[np.float32]``)."""
+        return type_hint is np.ndarray or typing.get_origin(type_hint) is np.ndarray
 
     @classmethod
     def encode_output(cls, name: str, payload: Any, **kwargs: Any) -> ResponseOutput:
