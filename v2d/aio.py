@@ -17,7 +17,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 __all__ = ["as_deferred", "call", "as_future", "ensure_future"]
 
 
-def ensure_future(awaitable: Awaitable[Any], loop: Optional[asyncio.AbstractEventLoop] = None) -> asyncio.Future:
+def ensure_future(
+    awaitable: Awaitable[Any], loop: Optional[asyncio.AbstractEventLoop] = None
+) -> asyncio.Future:
     """Schedule an awaitable on the loop (the running one unless given)."""
     return asyncio.ensure_future(awaitable, loop=loop)
 

@@ -51,7 +51,9 @@ class DataPlane:
         return self.registry.all_ready() if self.strict_readiness else True
 
     def metadata(self) -> MetadataServerResponse:
-        return MetadataServerResponse(name=self.server_name, version=__version__, extensions=list(self.extensions))
+        return MetadataServerResponse(
+            name=self.server_name, version=__version__, extensions=list(self.extensions)
+        )
 
     def model_metadata(self, name: str, version: Optional[str] = None) -> MetadataModelResponse:
         return self.registry.get(name, version).metadata()
@@ -136,7 +138,12 @@ class DataPlane:
             }
         for name, versions in self.registry.states().items():
             for version, state, reason in versions:
-                entries[(name, version)] = {"name": name, "version": version, "state": state, "reason": reason}
+                entries[(name, version)] = {
+                    "name": name,
+                    "version": version,
+                    "state": state,
+                    "reason": reason,
+                }
         out = [e for _, e in sorted(entries.items())]
         if ready_only:
             out = [e for e in out if e["state"] == "READY"]
@@ -191,7 +198,11 @@ class DataPlane:
             return succeed(None)
         d: Deferred = Deferred()
         self._idle.append(d)
-        d.addTimeout(timeout, clock, onTimeoutCancel=lambda result, t: self.log.warn(
-            "{n} requests still in flight after {timeout}s; stopping anyway", n=self.inflight, timeout=t
-        ))
+        d.addTimeout(
+            timeout,
+            clock,
+            onTimeoutCancel=lambda result, t: self.log.warn(
+                "{n} requests still in flight after {timeout}s; stopping anyway", n=self.inflight, timeout=t
+            ),
+        )
         return d

@@ -69,7 +69,9 @@ class ModelNamespace:
         self.builtins["__import__"] = self._import
         _namespaces[self.key] = self
 
-    def _import(self, name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
+    def _import(
+        self, name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
+    ) -> Any:
         if level == 0 and name:
             top = name.partition(".")[0]
             if top in self.top_names:
@@ -95,7 +97,9 @@ class ModelNamespace:
         try:
             return getattr(module, attr)
         except AttributeError:
-            raise ImplementationError(f"implementation {dotted!r}: module '{module_name}' has no '{attr}'") from None
+            raise ImplementationError(
+                f"implementation {dotted!r}: module '{module_name}' has no '{attr}'"
+            ) from None
 
     def forget(self) -> None:
         """Drop this namespace's modules from ``sys.modules``."""
@@ -159,7 +163,9 @@ class _ModelFinder(importlib.abc.MetaPathFinder):
             spec.has_location = True
             return spec
         if os.path.isfile(base + ".py"):
-            spec = importlib.machinery.ModuleSpec(fullname, _FolderLoader(namespace, base + ".py"), origin=base + ".py")
+            spec = importlib.machinery.ModuleSpec(
+                fullname, _FolderLoader(namespace, base + ".py"), origin=base + ".py"
+            )
             spec.has_location = True
             return spec
         return None

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from v2d.errors import FailedPrecondition, ModelNotFound, ModelNotReady
-from v2d.interfaces import IModel, IModelFactory, IModelRegistry
+from v2d.interfaces import IModelFactory, IModelRegistry
 from v2d.settings import ModelSettings
 
 __all__ = ["ModelRegistry", "READY", "LOADING", "UNLOADING", "UNAVAILABLE"]
@@ -158,7 +158,9 @@ class ModelRegistry:
         if previous is None:
             slot.state, slot.reason = LOADING, ""
         slot.settings = settings
-        self.log.info("loading model {model} version {version}", model=settings.name, version=slot.version or "-")
+        self.log.info(
+            "loading model {model} version {version}", model=settings.name, version=slot.version or "-"
+        )
         created: List[Any] = []
 
         def build(_: Any) -> Deferred:
@@ -181,7 +183,9 @@ class ModelRegistry:
 
         def failed(failure: Failure) -> Failure:
             reason = describe_failure(failure)
-            self.log.failure("model {model} failed to load: {reason}", failure, model=settings.name, reason=reason)
+            self.log.failure(
+                "model {model} failed to load: {reason}", failure, model=settings.name, reason=reason
+            )
             if created:
                 self._unload_quietly(created[0])
             if previous is None:
@@ -218,6 +222,7 @@ class ModelRegistry:
             else:
                 slot.state, slot.reason = UNAVAILABLE, "unloaded"
         self._refresh_default(name)
+
         def one(slot: _Slot, model: Any) -> Deferred:
             def done(result: Any) -> Any:
                 slot.state, slot.reason = UNAVAILABLE, "unloaded"

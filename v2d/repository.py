@@ -69,7 +69,8 @@ class ModelRepository:
         if not paths and overrides.get("implementation"):
             try:
                 settings = ModelSettings.from_dict(
-                    ModelSettings.apply_environ({}, self.environ), folder=os.path.abspath(self.root),
+                    ModelSettings.apply_environ({}, self.environ),
+                    folder=os.path.abspath(self.root),
                     where="V2D_MODEL_* variables",
                 )
                 out.append(Discovered(settings.name, settings.folder or self.root, settings))
@@ -90,7 +91,8 @@ class ModelRepository:
                     Discovered(
                         settings.name,
                         folder,
-                        error=f"model '{settings.name}' version '{settings.version}' is also defined in {seen[key]}",
+                        error=f"model '{settings.name}' version '{settings.version}' "
+                        f"is also defined in {seen[key]}",
                     )
                 )
                 continue

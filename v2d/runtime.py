@@ -78,7 +78,9 @@ class MLModel:
         """Serve one request; return an ``InferenceResponse``."""
         raise NotImplementedError(f"model '{self.name}' does not implement predict()")
 
-    async def predict_stream(self, payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[InferenceResponse]:
+    async def predict_stream(
+        self, payloads: AsyncIterator[InferenceRequest]
+    ) -> AsyncIterator[InferenceResponse]:
         """Serve a stream of requests with a stream of responses (optional)."""
         raise NotImplementedError(f"model '{self.name}' does not implement predict_stream()")
         yield  # pragma: no cover - makes this an async generator
@@ -115,7 +117,9 @@ class MLModel:
 
         return decode_request(self._settings, request, default_codec)
 
-    def encode(self, payload: Any, request_output: RequestOutput, default_codec: Any = None) -> ResponseOutput:
+    def encode(
+        self, payload: Any, request_output: RequestOutput, default_codec: Any = None
+    ) -> ResponseOutput:
         """Encode one output named by ``request_output``."""
         from v2d.codecs._model import encode_output
 

@@ -129,7 +129,9 @@ class V2DService(Service):
         self.log.info("stopping: no new connections, draining requests in flight")
         yield gatherResults([succeed(p.stopListening()) for p in self.ports], consumeErrors=True)
         self.ports = []
-        grpc_stopped = self.grpc_server.stop(self.settings.shutdown_timeout) if self.grpc_server else succeed(None)
+        grpc_stopped = (
+            self.grpc_server.stop(self.settings.shutdown_timeout) if self.grpc_server else succeed(None)
+        )
         yield self.dataplane.drain(self.reactor, self.settings.shutdown_timeout)
         yield grpc_stopped
         self.log.info("unloading models")

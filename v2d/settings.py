@@ -250,9 +250,7 @@ def _tensors(where: str, name: str, value: Any) -> List[MetadataTensor]:
             if key not in item:
                 raise SettingsError(f"{where}: field '{here}.{key}' is missing")
         if item["datatype"] not in DATATYPES:
-            raise SettingsError(
-                f"{where}: field '{here}.datatype': unknown datatype {item['datatype']!r}"
-            )
+            raise SettingsError(f"{where}: field '{here}.datatype': unknown datatype {item['datatype']!r}")
         shape = item["shape"]
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) for d in shape
@@ -365,7 +363,7 @@ class ModelSettings:
         out: Dict[str, Any] = {}
         for var, raw in environ.items():
             if var.startswith("V2D_MODEL_") and len(var) > len("V2D_MODEL_"):
-                key = var[len("V2D_MODEL_"):].lower()
+                key = var[len("V2D_MODEL_") :].lower()
                 value = raw if key in ("name", "implementation", "platform") else _parse_env_value(raw)
                 out[key] = value
         return out

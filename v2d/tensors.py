@@ -45,7 +45,9 @@ def check_shape(shape: Any, field: str) -> List[int]:
         raise InvalidArgument(f"{field}: shape must be a list of integers")
     for d in shape:
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:
-            raise InvalidArgument(f"{field}: shape must be a list of non-negative integers, got {list(shape)!r}")
+            raise InvalidArgument(
+                f"{field}: shape must be a list of non-negative integers, got {list(shape)!r}"
+            )
     return list(shape)
 
 
@@ -66,7 +68,9 @@ def _flatten_bytes(data: Any, field: str) -> List[Any]:
         elif isinstance(item, list):
             stack.extend(reversed(item))
         else:
-            raise InvalidArgument(f"{field}: data must hold strings for datatype BYTES, got {type(item).__name__}")
+            raise InvalidArgument(
+                f"{field}: data must hold strings for datatype BYTES, got {type(item).__name__}"
+            )
     return out
 
 
@@ -93,7 +97,9 @@ def decode_json_tensor(datatype: str, shape: Sequence[int], data: Any, field: st
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError):
-        raise InvalidArgument(f"{field}: data is ragged or holds non-numeric values for datatype {datatype}") from None
+        raise InvalidArgument(
+            f"{field}: data is ragged or holds non-numeric values for datatype {datatype}"
+        ) from None
     kind = arr.dtype.kind
     if arr.size == 0:
         arr = arr.astype(dtype)

@@ -73,7 +73,7 @@ class LocalModel:
         from v2d.runtime import MLModel
 
         method = getattr(type(self.runtime), "predict_stream", None)
-        return method is not None and method is not getattr(MLModel, "predict_stream")
+        return method is not None and method is not MLModel.predict_stream
 
     def load(self) -> Deferred:
         def loaded(result: Any) -> bool:

@@ -23,7 +23,7 @@ from tests.support.daemon import Daemon, free_port, http_json, twistd_command
 
 pytestmark = pytest.mark.integration
 
-ADVANCED = '''
+ADVANCED = """
 import numpy as np
 from v2d import MLModel
 from v2d.types import InferenceRequest, InferenceResponse, ResponseOutput
@@ -40,9 +40,9 @@ class Scale(MLModel):
             model_name=self.name,
             outputs=[ResponseOutput(name="y", shape=list(x.shape), datatype="FP64", data=x * self.factor)],
         )
-'''
+"""
 
-DECODE_ARGS = '''
+DECODE_ARGS = """
 from typing import List, Optional
 import numpy as np
 from v2d import MLModel
@@ -50,12 +50,14 @@ from v2d.codecs import decode_args
 
 class Joiner(MLModel):
     @decode_args
-    async def predict(self, words: List[str], counts: np.ndarray, suffix: Optional[List[str]] = None) -> List[str]:
+    async def predict(
+        self, words: List[str], counts: np.ndarray, suffix: Optional[List[str]] = None
+    ) -> List[str]:
         end = suffix[0] if suffix else ""
         return [w * int(c) + end for w, c in zip(words, counts.ravel())]
-'''
+"""
 
-HEADERS = '''
+HEADERS = """
 from v2d import MLModel
 from v2d.types import InferenceResponse, Parameters, ResponseOutput
 
@@ -67,9 +69,9 @@ class Headers(MLModel):
             outputs=[ResponseOutput(name="seen", shape=[1], datatype="BYTES", data=[h.get("X-Tenant", "")])],
             parameters=Parameters(headers={"X-Model-Says": "hello", "X-Echo-Tenant": h["x-tenant"]}),
         )
-'''
+"""
 
-SAME_NAMES = '''
+SAME_NAMES = """
 from v2d import MLModel
 from v2d.types import InferenceResponse, ResponseOutput
 import helpers
@@ -80,15 +82,15 @@ class Which(MLModel):
             model_name=self.name,
             outputs=[ResponseOutput(name="who", shape=[1], datatype="BYTES", data=[helpers.WHO])],
         )
-'''
+"""
 
-FAILING_PREDICT = '''
+FAILING_PREDICT = """
 from v2d import MLModel
 
 class Fails(MLModel):
     def predict(self, payload):
         raise ValueError("the model cannot do that")
-'''
+"""
 
 
 def write_model(root, folder, settings, files):
@@ -105,20 +107,45 @@ def write_model(root, folder, settings, files):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("models"))
-    write_model(root, "scale", {"name": "scale", "implementation": "models.Scale",
-                                "versions": ["1"],
-                                "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1]}],
-                                "parameters": {"version": "1", "extra": {"factor": 3}}},
-                {"models.py": ADVANCED})
-    write_model(root, "joiner", {"name": "joiner", "implementation": "models.Joiner"}, {"models.py": DECODE_ARGS})
-    write_model(root, "headers", {"name": "headers", "implementation": "models.Headers"}, {"models.py": HEADERS})
-    write_model(root, "group/first", {"name": "first", "implementation": "models.Which"},
-                {"models.py": SAME_NAMES, "helpers.py": "WHO = 'first'\n"})
-    write_model(root, "group/second", {"name": "second", "implementation": "models.Which"},
-                {"models.py": SAME_NAMES, "helpers.py": "WHO = 'second'\n"})
-    write_model(root, "broken", {"name": "broken", "implementation": "models.Broken"},
-                {"models.py": "raise ImportError('no module named missing_dependency')\n"})
-    write_model(root, "fails", {"name": "fails", "implementation": "models.Fails"}, {"models.py": FAILING_PREDICT})
+    write_model(
+        root,
+        "scale",
+        {
+            "name": "scale",
+            "implementation": "models.Scale",
+            "versions": ["1"],
+            "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1]}],
+            "parameters": {"version": "1", "extra": {"factor": 3}},
+        },
+        {"models.py": ADVANCED},
+    )
+    write_model(
+        root, "joiner", {"name": "joiner", "implementation": "models.Joiner"}, {"models.py": DECODE_ARGS}
+    )
+    write_model(
+        root, "headers", {"name": "headers", "implementation": "models.Headers"}, {"models.py": HEADERS}
+    )
+    write_model(
+        root,
+        "group/first",
+        {"name": "first", "implementation": "models.Which"},
+        {"models.py": SAME_NAMES, "helpers.py": "WHO = 'first'\n"},
+    )
+    write_model(
+        root,
+        "group/second",
+        {"name": "second", "implementation": "models.Which"},
+        {"models.py": SAME_NAMES, "helpers.py": "WHO = 'second'\n"},
+    )
+    write_model(
+        root,
+        "broken",
+        {"name": "broken", "implementation": "models.Broken"},
+        {"models.py": "raise ImportError('no module named missing_dependency')\n"},
+    )
+    write_model(
+        root, "fails", {"name": "fails", "implementation": "models.Fails"}, {"models.py": FAILING_PREDICT}
+    )
     os.makedirs(os.path.join(root, "invalid"))
     with open(os.path.join(root, "invalid", "model-settings.json"), "w") as f:
         f.write('{"name": "invalid", "max_batch_size": "lots"}')
@@ -159,15 +186,18 @@ def test_model_metadata_and_readiness(daemon):
 
 
 def test_advanced_interface(daemon):
-    status, body, _ = infer(daemon, "scale", [{"name": "x", "shape": [3], "datatype": "FP64", "data": [1, 2.5, -1]}],
-                            id="req-1")
+    status, body, _ = infer(
+        daemon, "scale", [{"name": "x", "shape": [3], "datatype": "FP64", "data": [1, 2.5, -1]}], id="req-1"
+    )
     assert status == 200, body
     assert body["model_name"] == "scale"
     assert body["model_version"] == "1"
     assert body["id"] == "req-1"
     assert body["outputs"] == [{"name": "y", "shape": [3], "datatype": "FP64", "data": [3.0, 7.5, -3.0]}]
-    status, body, _ = daemon.post("/v2/models/scale/versions/1/infer",
-                                  {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [2]}]})
+    status, body, _ = daemon.post(
+        "/v2/models/scale/versions/1/infer",
+        {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [2]}]},
+    )
     assert status == 200 and body["outputs"][0]["data"] == [6.0]
 
 
@@ -203,7 +233,9 @@ def test_headers_both_ways(daemon):
 
 def test_two_models_with_the_same_module_names(daemon):
     for name in ("first", "second"):
-        status, body, _ = infer(daemon, name, [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["."]}])
+        status, body, _ = infer(
+            daemon, name, [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["."]}]
+        )
         assert status == 200, body
         assert body["outputs"][0]["data"] == [name]
 
@@ -244,7 +276,11 @@ BAD_REQUESTS = [
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64"}]}', 400, "data"),
     (b'{"inputs": [{"name": "x", "shape": [3], "datatype": "FP64", "data": [1, 2]}]}', 400, "shape [3]"),
     (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [1, "a"]}]}', 400, "non-numeric"),
-    (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [[1], [2, 3]]}]}', 400, "input 'x'"),
+    (
+        b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [[1], [2, 3]]}]}',
+        400,
+        "input 'x'",
+    ),
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "INT8", "data": [300]}]}', 400, "out of range"),
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "INT32", "data": [1.5]}]}', 400, "integers"),
     (b'{"inputs": [{"name": "x", "shape": [-1], "datatype": "FP64", "data": [1]}]}', 400, "shape"),
@@ -256,7 +292,9 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("body,status,fragment", BAD_REQUESTS)
 def test_bad_requests_get_clear_errors(daemon, body, status, fragment):
-    got, answer, headers = daemon.post("/v2/models/scale/infer", body, headers={"Content-Type": "application/json"})
+    got, answer, headers = daemon.post(
+        "/v2/models/scale/infer", body, headers={"Content-Type": "application/json"}
+    )
     assert got == status, answer
     assert headers["Content-Type"] == "application/json"
     assert fragment in answer["error"]
@@ -272,7 +310,9 @@ def test_unknown_model_and_endpoint(daemon):
 
 
 def test_oversized_body_is_refused_and_server_keeps_serving(daemon):
-    big = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [' + b"1," * 600_000 + b"1]}]}"
+    big = (
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [' + b"1," * 600_000 + b"1]}]}"
+    )
     status, body, _ = daemon.post("/v2/models/scale/infer", big)
     assert status == 413
     assert "max_body_size" in body["error"]
@@ -290,8 +330,11 @@ def test_oversized_body_is_refused_and_server_keeps_serving(daemon):
 
 
 def test_server_survives_a_burst_of_garbage(daemon):
-    for payload in (b"GET / HTTP/1.1\r\n\r\n", b"\x00\xff" * 100, b"POST /v2/models/scale/infer HTTP/1.1\r\n"
-                    b"Content-Length: 5\r\n\r\n{\"in"):
+    for payload in (
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x00\xff" * 100,
+        b'POST /v2/models/scale/infer HTTP/1.1\r\nContent-Length: 5\r\n\r\n{"in',
+    ):
         with socket.create_connection(("127.0.0.1", daemon.http_port), timeout=5) as s:
             s.sendall(payload)
             try:
@@ -304,7 +347,9 @@ def test_server_survives_a_burst_of_garbage(daemon):
 def test_unload_then_load_picks_up_changed_code(models, daemon):
     folder = os.path.join(models, "group", "first")
     assert daemon.post("/v2/repository/models/first/unload", {})[0] == 200
-    status, body, _ = infer(daemon, "first", [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["."]}])
+    status, body, _ = infer(
+        daemon, "first", [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["."]}]
+    )
     assert status == 503
     index = {e["name"]: e for e in daemon.post("/v2/repository/index", {})[1]}
     assert index["first"]["state"] == "UNAVAILABLE"
@@ -312,16 +357,22 @@ def test_unload_then_load_picks_up_changed_code(models, daemon):
         f.write("WHO = 'first, changed'\n")
     status, body, _ = daemon.post("/v2/repository/models/first/load", {})
     assert status == 200, body
-    status, body, _ = infer(daemon, "first", [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["."]}])
+    status, body, _ = infer(
+        daemon, "first", [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["."]}]
+    )
     assert body["outputs"][0]["data"] == ["first, changed"]
     # The other model with the same module names is untouched.
-    status, body, _ = infer(daemon, "second", [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["."]}])
+    status, body, _ = infer(
+        daemon, "second", [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["."]}]
+    )
     assert body["outputs"][0]["data"] == ["second"]
     # Loading while serving (a reload) swaps in the new code.
     with open(os.path.join(folder, "helpers.py"), "w") as f:
         f.write("WHO = 'first, again'\n")
     assert daemon.post("/v2/repository/models/first/load", {})[0] == 200
-    status, body, _ = infer(daemon, "first", [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["."]}])
+    status, body, _ = infer(
+        daemon, "first", [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["."]}]
+    )
     assert body["outputs"][0]["data"] == ["first, again"]
 
 
@@ -338,12 +389,28 @@ def test_settings_precedence_and_python_m_twisted(tmp_path, models):
     """settings.json < V2D_* < command line, and ``python -m twisted v2d`` works."""
     port_file, port_cli = free_port(), free_port()
     config = tmp_path / "settings.json"
-    config.write_text(json.dumps({"rest": [f"tcp:{port_file}:interface=127.0.0.1"], "grpc": "none",
-                                  "server_name": "from-file", "models": str(models)}))
+    config.write_text(
+        json.dumps(
+            {
+                "rest": [f"tcp:{port_file}:interface=127.0.0.1"],
+                "grpc": "none",
+                "server_name": "from-file",
+                "models": str(models),
+            }
+        )
+    )
     env = {"V2D_SERVER_NAME": "from-env", "V2D_CONFIG": str(config)}
     # `python -m twisted` takes no twistd options (-n, --pidfile, --logfile).
-    argv = [sys.executable, "-m", "twisted", "v2d", "--config", str(config),
-            "--rest", f"tcp:{port_cli}:interface=127.0.0.1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "twisted",
+        "v2d",
+        "--config",
+        str(config),
+        "--rest",
+        f"tcp:{port_cli}:interface=127.0.0.1",
+    ]
     with Daemon(models, env=env, grpc=False, argv=argv) as d:
         assert d.http_port == port_cli
         status, meta, _ = d.get("/v2")
@@ -357,7 +424,9 @@ def test_settings_precedence_and_python_m_twisted(tmp_path, models):
 def test_bad_options_fail_clearly(tmp_path):
     bad = subprocess.run(
         twistd_command() + ["-n", "--pidfile=", "v2d", "--workers", "-3"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode != 0
     assert "workers" in (bad.stdout + bad.stderr)
@@ -365,7 +434,9 @@ def test_bad_options_fail_clearly(tmp_path):
     config.write_text('{"workers": "many"}')
     bad = subprocess.run(
         twistd_command() + ["-n", "--pidfile=", "v2d", "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode != 0
     assert "workers" in (bad.stdout + bad.stderr)
@@ -385,7 +456,9 @@ def test_sigterm_stops_cleanly(models):
 def test_reactor_conflict_is_a_clear_error(models):
     out = subprocess.run(
         twistd_command() + ["-n", "--pidfile=", "--reactor=poll", "v2d", "--models", models],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode != 0
     assert "asyncio reactor" in (out.stdout + out.stderr)

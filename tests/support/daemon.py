@@ -186,7 +186,7 @@ class Daemon:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-            raise RuntimeError(f"v2d did not stop within {timeout}s of SIGTERM:\n{self.log()}")
+            raise RuntimeError(f"v2d did not stop within {timeout}s of SIGTERM:\n{self.log()}") from None
 
     def __enter__(self) -> "Daemon":
         return self.start() if self.process is None else self

@@ -54,9 +54,15 @@ def test_packages_and_relative_imports(tmp_path):
     ns.forget()
 
 
-@pytest.mark.parametrize("implementation,fragment", [
-    ("", "missing"), ("Runtime", "dotted path"), ("nomodule.X", "no module 'nomodule'"), ("models.Nope", "no 'Nope'"),
-])
+@pytest.mark.parametrize(
+    "implementation,fragment",
+    [
+        ("", "missing"),
+        ("Runtime", "dotted path"),
+        ("nomodule.X", "no module 'nomodule'"),
+        ("models.Nope", "no 'Nope'"),
+    ],
+)
 def test_bad_implementations(tmp_path, implementation, fragment):
     a = make(tmp_path / "a", "a")
     with pytest.raises(ImplementationError, match=fragment):

@@ -67,7 +67,10 @@ def test_health(api):
 
 def test_infer_roundtrip_with_headers(api):
     stub, _ = api
-    body = {"id": "1", "inputs": [{"name": "x", "shape": [2, 2], "datatype": "INT16", "data": [[1, 2], [3, 4]]}]}
+    body = {
+        "id": "1",
+        "inputs": [{"name": "x", "shape": [2, 2], "datatype": "INT16", "data": [[1, 2], [3, 4]]}],
+    }
     code, answer, headers = call(stub, "POST", "/v2/models/echo/infer", body, {"X-Send": ["yes"]})
     assert code == 200
     assert answer == {
@@ -80,7 +83,10 @@ def test_infer_roundtrip_with_headers(api):
 
 def test_runtime_errors_map_to_statuses(api):
     stub, _ = api
-    body = {"parameters": {"fail": True}, "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+    body = {
+        "parameters": {"fail": True},
+        "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
+    }
     code, answer, _ = call(stub, "POST", "/v2/models/echo/infer", body)
     assert (code, answer) == (400, {"error": "asked to fail"})
     code, answer, _ = call(stub, "POST", "/v2/models/nope/infer", body)

@@ -29,12 +29,15 @@ def test_rest_endpoints_from_env():
     assert Settings.load(environ={"V2D_REST": '["tcp:2"]'}).rest == ["tcp:2"]
 
 
-@pytest.mark.parametrize("doc,fragment", [
-    ({"workers": "many"}, "'workers'"),
-    ({"nope": 1}, "unknown field 'nope'"),
-    ({"workers": -1}, "'workers'"),
-    ({"grpc_tls_cert": "c"}, "go together"),
-])
+@pytest.mark.parametrize(
+    "doc,fragment",
+    [
+        ({"workers": "many"}, "'workers'"),
+        ({"nope": 1}, "unknown field 'nope'"),
+        ({"workers": -1}, "'workers'"),
+        ({"grpc_tls_cert": "c"}, "go together"),
+    ],
+)
 def test_settings_errors(tmp_path, doc, fragment):
     config = tmp_path / "settings.json"
     config.write_text(json.dumps(doc))
@@ -45,12 +48,18 @@ def test_settings_errors(tmp_path, doc, fragment):
 def test_model_settings(tmp_path):
     folder = tmp_path / "my-model"
     folder.mkdir()
-    (folder / "model-settings.json").write_text(json.dumps({
-        "implementation": "models.X",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3], "parameters": {"content_type": "np"}}],
-        "parameters": {"version": "2", "uri": "./w.bin", "custom": 1},
-        "warm_workers": True,
-    }))
+    (folder / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "implementation": "models.X",
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [-1, 3], "parameters": {"content_type": "np"}}
+                ],
+                "parameters": {"version": "2", "uri": "./w.bin", "custom": 1},
+                "warm_workers": True,
+            }
+        )
+    )
     s = ModelSettings.from_file(str(folder / "model-settings.json"))
     assert s.name == "my-model" and s.version == "2"
     assert s.inputs[0].parameters.content_type == "np"
@@ -61,19 +70,24 @@ def test_model_settings(tmp_path):
 
 def test_model_settings_environment_overrides(tmp_path):
     path = tmp_path / "model-settings.json"
-    path.write_text(json.dumps({"name": "a", "implementation": "m.X", "parameters": {"uri": "u", "version": "1"}}))
+    path.write_text(
+        json.dumps({"name": "a", "implementation": "m.X", "parameters": {"uri": "u", "version": "1"}})
+    )
     env = {"V2D_MODEL_NAME": "b", "V2D_MODEL_MAX_BATCH_SIZE": "8", "V2D_MODEL_PARAMETERS": '{"version": "9"}'}
     s = ModelSettings.from_file(str(path), env)
     assert (s.name, s.max_batch_size, s.version, s.parameters.uri) == ("b", 8, "9", "u")
 
 
-@pytest.mark.parametrize("doc,fragment", [
-    ({"name": "a", "inputs": [{"name": "x", "datatype": "F", "shape": [1]}]}, "inputs[0].datatype"),
-    ({"name": "a", "inputs": [{"name": "x", "datatype": "FP32"}]}, "inputs[0].shape"),
-    ({"name": "a", "max_batch_size": "x"}, "'max_batch_size'"),
-    ({"name": "a", "parameters": []}, "'parameters'"),
-    ({"name": "a", "versions": "1"}, "'versions'"),
-])
+@pytest.mark.parametrize(
+    "doc,fragment",
+    [
+        ({"name": "a", "inputs": [{"name": "x", "datatype": "F", "shape": [1]}]}, "inputs[0].datatype"),
+        ({"name": "a", "inputs": [{"name": "x", "datatype": "FP32"}]}, "inputs[0].shape"),
+        ({"name": "a", "max_batch_size": "x"}, "'max_batch_size'"),
+        ({"name": "a", "parameters": []}, "'parameters'"),
+        ({"name": "a", "versions": "1"}, "'versions'"),
+    ],
+)
 def test_model_settings_errors(doc, fragment):
     with pytest.raises(SettingsError) as info:
         ModelSettings.from_dict(doc)

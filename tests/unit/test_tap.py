@@ -18,8 +18,22 @@ def no_reactor(monkeypatch):
 
 def test_options_become_settings():
     options = Options()
-    options.parseOptions(["--models", "m", "--rest", "tcp:1", "--rest", "unix:/s", "--grpc", "none",
-                          "--workers", "2", "--envs-dir", "e"])
+    options.parseOptions(
+        [
+            "--models",
+            "m",
+            "--rest",
+            "tcp:1",
+            "--rest",
+            "unix:/s",
+            "--grpc",
+            "none",
+            "--workers",
+            "2",
+            "--envs-dir",
+            "e",
+        ]
+    )
     s = options["settings"]
     assert (s.models, s.rest, s.grpc, s.workers, s.envs_dir) == ("m", ["tcp:1", "unix:/s"], None, 2, "e")
 

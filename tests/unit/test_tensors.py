@@ -19,8 +19,11 @@ from v2d.types import DATATYPES
 @pytest.mark.parametrize("datatype", [d for d in DATATYPES if d != "BYTES"])
 def test_every_numeric_datatype_round_trips_raw_and_json(datatype):
     dtype = DATATYPES[datatype]
-    values = np.arange(6).astype(dtype).reshape(2, 3) if datatype != "BOOL" else np.array(
-        [[True, False, True], [False, False, True]])
+    values = (
+        np.arange(6).astype(dtype).reshape(2, 3)
+        if datatype != "BOOL"
+        else np.array([[True, False, True], [False, False, True]])
+    )
     raw = bytes(encode_raw_tensor(datatype, values))
     assert raw == values.astype(dtype).tobytes()
     back = decode_raw_tensor(datatype, [2, 3], raw, "x")

@@ -186,9 +186,7 @@ def response_dict(response: InferenceResponse, output_data: Any = None) -> Dict[
             raise Internal(str(e)) from None
         size = len(flat)
         if size != shape_size(shape):
-            raise Internal(
-                f"model returned output '{output.name}' with {size} elements for shape {shape}"
-            )
+            raise Internal(f"model returned output '{output.name}' with {size} elements for shape {shape}")
         entry: Dict[str, Any] = {"name": output.name, "shape": shape, "datatype": datatype}
         params = output.parameters.to_dict() if output.parameters is not None else {}
         placed = output_data is not None and output_data(output, datatype, shape, flat, numeric, params)
