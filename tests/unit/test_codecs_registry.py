@@ -331,3 +331,15 @@ def test_decode_hand_built_dict_parameters() -> None:
         inputs=[RequestInput(name="x", shape=[1], datatype="FP64", data=[2])],
     )
     assert model.decode_request(request).tolist() == [2.0]
+
+
+def test_codec_errors_cross_process_boundaries() -> None:
+    import pickle
+
+    from v2d.codecs import CodecError
+
+    for error in (CodecError("bad output"), CodecNotFound("no codec for 'x'")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.kind == "INTERNAL"
