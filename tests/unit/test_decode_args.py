@@ -556,3 +556,17 @@ class Union(MLModel):
         InferenceRequest(inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=[2])])
     )
     assert response.outputs[0].data == [b"None"]
+
+
+def test_bare_ndarray_alias_hint() -> None:
+    import numpy.typing as npt
+
+    class Bare(MLModel):
+        @decode_args
+        def predict(self, x: npt.NDArray) -> npt.NDArray:
+            return x
+
+    response = Bare(_settings()).predict(
+        InferenceRequest(inputs=[RequestInput(name="x", shape=[1], datatype="INT8", data=[5])])
+    )
+    assert response.outputs[0].datatype == "INT8"

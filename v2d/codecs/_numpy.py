@@ -45,6 +45,16 @@ def to_datatype(dtype: Any) -> str:
         raise CodecError(str(e)) from None
 
 
+def _unalias(hint: Any) -> Any:
+    """The value of a ``type X = ...`` alias (newer numpy spells ``NDArray`` so)."""
+    for _ in range(8):
+        value = getattr(hint, "__value__", None)
+        if value is None:
+            break
+        hint = value
+    return hint
+
+
 def _batch_shape(shape: List[int]) -> List[int]:
     """MLServer's convention: a 1-D ``[N]`` tensor is sent as ``[N, 1]``."""
     if len(shape) > 1:
@@ -124,7 +134,11 @@ class NumpyCodec(InputCodec):
     @classmethod
     def matches_type_hint(cls, type_hint: Any) -> bool:
         """``np.ndarray``, also subscripted (``numpy.typing.NDArray[np.float32]``)."""
-        return type_hint is np.ndarray or typing.get_origin(type_hint) is np.ndarray
+        hint = _unalias(type_hint)
+        if hint is np.ndarray:
+            return True
+        origin = _unalias(typing.get_origin(hint))
+        return origin is np.ndarray or typing.get_origin(origin) is np.ndarray
 
     @classmethod
     def encode_output(cls, name: str, payload: Any, **kwargs: Any) -> ResponseOutput:
