@@ -67,7 +67,7 @@ class V2DService(Service):
 
     def extensions(self) -> List[str]:
         """The protocol extensions this server offers."""
-        return ["model_repository"]
+        return ["model_repository", "model_configuration", "binary_tensor_data"]
 
     # -- models in and out of process ------------------------------------------
 

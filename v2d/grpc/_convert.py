@@ -1,0 +1,339 @@
+"""
+Protobuf messages to v2d.types and back.
+
+Tensors come either all raw (``raw_input_contents``: little-endian bytes, BYTES
+elements length-prefixed, FP16 only this way) or all typed (``contents``); mixing the
+two is refused. Responses use the same form as the request did (raw when the request
+had no inputs, as Triton does), and raw whenever an output is FP16, which has no typed
+field. Every error is an ``InvalidArgument`` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from v2d.errors import Internal, InvalidArgument
+from v2d.grpc._messages import pb
+from v2d.tensors import decode_raw_tensor, flat_output, infer_datatype, pack_bytes, shape_size
+from v2d.types import (
+    DATATYPES,
+    HeaderDict,
+    InferenceRequest,
+    InferenceResponse,
+    Parameters,
+    RequestInput,
+    RequestOutput,
+)
+
+__all__ = [
+    "TYPED_FIELD",
+    "decode_infer_request",
+    "decode_parameters",
+    "encode_infer_response",
+    "encode_parameters",
+    "metadata_headers",
+    "response_metadata",
+]
+
+#: The ``InferTensorContents`` field that carries each datatype (FP16 has none).
+TYPED_FIELD: Dict[str, Optional[str]] = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP16": None,
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+_CONTENT_FIELDS = sorted({f for f in TYPED_FIELD.values() if f})
+
+#: Metadata that belongs to the gRPC transport, never copied to or from a model.
+_TRANSPORT_METADATA = frozenset(
+    {"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "host", "connection"}
+)
+
+_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+
+
+# -- parameters -------------------------------------------------------------------
+
+
+def _parameter_value(param: Any) -> Any:
+    kind = param.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(param, kind)
+
+
+def decode_parameters(params: Mapping[str, Any]) -> Dict[str, Any]:
+    """A protobuf ``map<string, InferParameter>`` as a plain dict (unset values left out)."""
+    out = {}
+    for key, param in params.items():
+        value = _parameter_value(param)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _set_parameter(param: Any, value: Any, field: str) -> None:
+    if isinstance(value, (bool, np.bool_)):
+        param.bool_param = bool(value)
+    elif isinstance(value, (int, np.integer)):
+        value = int(value)
+        if _INT64_MIN <= value <= _INT64_MAX:
+            param.int64_param = value
+        elif 0 <= value <= _UINT64_MAX:
+            param.uint64_param = value
+        else:
+            param.string_param = str(value)
+    elif isinstance(value, (float, np.floating)):
+        param.double_param = float(value)
+    elif isinstance(value, str):
+        param.string_param = value
+    elif isinstance(value, bytes):
+        param.string_param = value.decode("utf-8", "replace")
+    else:
+        try:
+            param.string_param = json.dumps(value)
+        except (TypeError, ValueError):
+            raise Internal(
+                f"{field}: parameter value of type {type(value).__name__} cannot be sent"
+            ) from None
+
+
+def encode_parameters(
+    target: Any, params: Optional[Parameters], field: str, skip: Iterable[str] = ()
+) -> None:
+    """Fill a protobuf parameter map from ``params`` (``None`` values and ``skip`` keys left out)."""
+    if params is None:
+        return
+    skipped = set(skip)
+    for key, value in params.to_dict().items():
+        if key in skipped:
+            continue
+        _set_parameter(target[key], value, f"{field}.parameters[{key!r}]")
+
+
+def _parameters_of(params: Mapping[str, Any], field: str) -> Optional[Parameters]:
+    values = decode_parameters(params)
+    if not values:
+        return None
+    if "headers" in values:
+        raise InvalidArgument(f"{field}parameters['headers'] is reserved: send headers as gRPC metadata")
+    return Parameters(**values)
+
+
+# -- metadata ---------------------------------------------------------------------
+
+
+def metadata_headers(metadata: Optional[Sequence[Tuple[str, Any]]]) -> HeaderDict:
+    """Invocation metadata as headers (transport metadata left out; binary values as latin-1)."""
+    headers = HeaderDict()
+    for key, value in metadata or ():
+        name = key.lower()
+        if name.startswith(":") or name in _TRANSPORT_METADATA:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        if name in headers:
+            headers[name] = f"{headers[name]}, {value}"
+        else:
+            headers[name] = value
+    return headers
+
+
+def response_metadata(headers: Optional[Mapping[str, Any]]) -> List[Tuple[str, Any]]:
+    """A response's headers as gRPC metadata (names lower-cased; transport ones dropped)."""
+    out: List[Tuple[str, Any]] = []
+    for name, value in (headers or {}).items():
+        key = str(name).lower()
+        if key.startswith(":") or key.startswith("grpc-") or key in _TRANSPORT_METADATA:
+            continue
+        if key.endswith("-bin"):
+            out.append((key, value if isinstance(value, bytes) else str(value).encode("utf-8")))
+        else:
+            out.append((key, value.decode("latin-1") if isinstance(value, bytes) else str(value)))
+    return out
+
+
+# -- requests ---------------------------------------------------------------------
+
+
+def _typed_data(contents: Any, datatype: str, shape: List[int], field: str) -> Any:
+    """Tensor data from an ``InferTensorContents``."""
+    target = TYPED_FIELD[datatype]
+    if target is None:
+        raise InvalidArgument(
+            f"{field}: datatype {datatype} has no typed contents; send it in raw_input_contents"
+        )
+    for name in _CONTENT_FIELDS:
+        if name != target and len(getattr(contents, name)):
+            raise InvalidArgument(
+                f"{field}: contents.{name} given for datatype {datatype} (expected {target})"
+            )
+    values = getattr(contents, target)
+    size = shape_size(shape)
+    if len(values) != size:
+        raise InvalidArgument(
+            f"{field}: contents.{target} has {len(values)} elements but shape {shape} needs {size}"
+        )
+    if datatype == "BYTES":
+        return list(values)
+    dtype = DATATYPES[datatype]
+    assert dtype is not None
+    if target in ("int_contents", "uint_contents") and dtype.itemsize < 4 and size:
+        wide = np.asarray(values, dtype=np.int64)
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidArgument(
+                f"{field}: contents.{target} holds values out of range for datatype {datatype}"
+            )
+        return wide.astype(dtype).reshape(shape)
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def _shape(values: Sequence[int], field: str) -> List[int]:
+    shape = list(values)
+    for d in shape:
+        if d < 0:
+            raise InvalidArgument(f"{field}.shape must hold non-negative integers, got {shape}")
+    return shape
+
+
+def decode_infer_request(message: Any, field: str = "") -> Tuple[str, Optional[str], InferenceRequest, bool]:
+    """
+    (model name, version or None, request, raw) from a ``ModelInferRequest``; ``raw``
+    tells whether the tensors came as raw contents.
+    """
+    prefix = f"{field}." if field else ""
+    if not message.model_name:
+        raise InvalidArgument(f"{prefix}model_name is required")
+    raw_contents = message.raw_input_contents
+    raw = len(raw_contents) > 0
+    if raw and len(raw_contents) != len(message.inputs):
+        raise InvalidArgument(
+            f"{prefix}raw_input_contents has {len(raw_contents)} entries but there are "
+            f"{len(message.inputs)} inputs (one entry per input, in order)"
+        )
+    inputs = []
+    for i, tensor in enumerate(message.inputs):
+        where = f"{prefix}inputs[{i}]"
+        if not tensor.name:
+            raise InvalidArgument(f"{where}.name is required")
+        where = f"{prefix}inputs[{i}] ('{tensor.name}')"
+        datatype = tensor.datatype
+        if datatype not in DATATYPES:
+            raise InvalidArgument(
+                f"{where}.datatype: unknown datatype {datatype!r} (expected one of {', '.join(DATATYPES)})"
+            )
+        shape = _shape(tensor.shape, where)
+        has_contents = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
+        if raw:
+            if has_contents:
+                raise InvalidArgument(
+                    f"{where}.contents must not be set when raw_input_contents is used"
+                    " (raw and typed contents cannot be mixed)"
+                )
+            data = decode_raw_tensor(datatype, shape, raw_contents[i], f"{prefix}raw_input_contents[{i}]")
+        elif has_contents or shape_size(shape) == 0:
+            data = _typed_data(tensor.contents, datatype, shape, where)
+        else:
+            raise InvalidArgument(f"{where}: no data (set contents or raw_input_contents)")
+        inputs.append(
+            RequestInput(
+                name=tensor.name,
+                shape=shape,
+                datatype=datatype,
+                data=data,
+                parameters=_parameters_of(tensor.parameters, f"{where}."),
+            )
+        )
+    outputs = None
+    if len(message.outputs):
+        outputs = []
+        for i, requested in enumerate(message.outputs):
+            if not requested.name:
+                raise InvalidArgument(f"{prefix}outputs[{i}].name is required")
+            outputs.append(
+                RequestOutput(
+                    name=requested.name,
+                    parameters=_parameters_of(requested.parameters, f"{prefix}outputs[{i}]."),
+                )
+            )
+    request = InferenceRequest(
+        id=message.id or None,
+        parameters=_parameters_of(message.parameters, prefix),
+        inputs=inputs,
+        outputs=outputs,
+    )
+    return message.model_name, message.model_version or None, request, raw or not inputs
+
+
+# -- responses --------------------------------------------------------------------
+
+
+def _output_fields(output: Any) -> Tuple[str, List[int]]:
+    datatype = output.datatype or infer_datatype(output.data)
+    shape = output.shape
+    if shape is None:
+        data = output.data
+        shape = list(np.shape(data)) if isinstance(data, np.ndarray) else [len(data)]
+    return datatype, [int(d) for d in shape]
+
+
+def _bytes_item(item: Any) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, (bytearray, memoryview)):
+        return bytes(item)
+    return str(item).encode("utf-8")
+
+
+def encode_infer_response(response: InferenceResponse, raw: bool) -> Any:
+    """
+    A ``ModelInferResponse`` (headers already taken out of ``response.parameters``):
+    raw contents if ``raw`` or any output is FP16, typed contents otherwise.
+    """
+    message = pb.ModelInferResponse(
+        model_name=response.model_name or "",
+        model_version=response.model_version or "",
+        id=response.id or "",
+    )
+    encode_parameters(message.parameters, response.parameters, "response", skip=("headers",))
+    prepared = []
+    for output in response.outputs:
+        where = f"output '{output.name}'"
+        datatype, shape = _output_fields(output)
+        if datatype not in DATATYPES:
+            raise Internal(f"{where} has unknown datatype {datatype!r}")
+        try:
+            flat, numeric = flat_output(datatype, output.data, where)
+        except ValueError as e:
+            raise Internal(str(e)) from None
+        if len(flat) != shape_size(shape):
+            raise Internal(f"model returned {where} with {len(flat)} elements for shape {shape}")
+        prepared.append((output, datatype, shape, flat, numeric))
+    use_raw = raw or any(TYPED_FIELD[p[1]] is None for p in prepared)
+    for output, datatype, shape, flat, numeric in prepared:
+        tensor = message.outputs.add(name=output.name, datatype=datatype, shape=shape)
+        encode_parameters(tensor.parameters, output.parameters, f"output '{output.name}'")
+        if use_raw:
+            if numeric:
+                message.raw_output_contents.append(flat.tobytes())
+            else:
+                message.raw_output_contents.append(pack_bytes(flat))
+        elif numeric:
+            getattr(tensor.contents, TYPED_FIELD[datatype]).extend(flat.tolist())  # type: ignore[arg-type]
+        else:
+            tensor.contents.bytes_contents.extend(_bytes_item(item) for item in flat)
+    return message

@@ -1,0 +1,276 @@
+"""
+The ``inference.GRPCInferenceService`` handlers over a DataPlane.
+
+Handlers are thin: message -> v2d.types (v2d.grpc._convert) -> dataplane -> message.
+They run on grpc.aio, on the reactor's own asyncio loop; Deferreds from the dataplane
+are awaited through v2d.aio. v2d.errors map to status codes by kind.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, AsyncIterator, Callable, Dict, Optional
+
+import grpc
+from google.protobuf import json_format
+from twisted.logger import Logger
+
+from v2d.aio import as_future
+from v2d.errors import InvalidArgument, V2DError
+from v2d.grpc._convert import (
+    decode_infer_request,
+    encode_infer_response,
+    metadata_headers,
+    response_metadata,
+)
+from v2d.grpc._messages import SERVICE_NAME, pb
+from v2d.modelconfig import model_config
+from v2d.types import HeaderDict, InferenceRequest, InferenceResponse, Parameters
+
+__all__ = ["InferenceServicer", "STATUS_OF_KIND", "status_of"]
+
+log = Logger()
+
+#: gRPC status codes of the v2d.errors kinds.
+STATUS_OF_KIND: Dict[str, grpc.StatusCode] = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "UNIMPLEMENTED": grpc.StatusCode.UNIMPLEMENTED,
+    "INTERNAL": grpc.StatusCode.INTERNAL,
+}
+
+
+def status_of(error: V2DError) -> grpc.StatusCode:
+    """The status code of a v2d error."""
+    return STATUS_OF_KIND.get(error.kind, grpc.StatusCode.INTERNAL)
+
+
+def _is_abort(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AbortError)
+
+
+def _unary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map v2d errors (and unexpected ones) to statuses for a unary handler."""
+
+    @functools.wraps(fn)
+    async def handler(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await fn(self, request, context)
+        except V2DError as e:
+            await context.abort(status_of(e), e.message)
+        except Exception as e:
+            if _is_abort(e):
+                raise
+            log.failure("unexpected error in {method}", method=fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+
+    return handler
+
+
+def attach_headers(payload: InferenceRequest, headers: HeaderDict) -> None:
+    """Put the call's metadata into ``payload.parameters.headers``."""
+    if payload.parameters is None:
+        payload.parameters = Parameters(headers=headers)
+    else:
+        payload.parameters.headers = headers
+
+
+def take_headers(response: InferenceResponse) -> Optional[Dict[str, Any]]:
+    """Remove and return ``response.parameters.headers``."""
+    params = response.parameters
+    if params is None or not params.headers:
+        return None
+    headers = params.headers
+    params.headers = None
+    return headers
+
+
+class InferenceServicer:
+    """The Open Inference Protocol's gRPC service (with Triton's extensions)."""
+
+    def __init__(self, dataplane: Any) -> None:
+        self.dataplane = dataplane
+
+    # -- health and metadata -------------------------------------------------------
+
+    @_unary
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    @_unary
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    @_unary
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        if not request.name:
+            raise InvalidArgument("name is required")
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version or None))
+
+    @_unary
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        meta = self.dataplane.metadata()
+        return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
+
+    @_unary
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        if not request.name:
+            raise InvalidArgument("name is required")
+        meta = self.dataplane.model_metadata(request.name, request.version or None)
+        message = pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
+        for target, tensors in ((message.inputs, meta.inputs), (message.outputs, meta.outputs)):
+            for t in tensors:
+                target.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        return message
+
+    @_unary
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        if not request.name:
+            raise InvalidArgument("name is required")
+        config = model_config(self.dataplane.model(request.name, request.version or None))
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+    # -- inference ------------------------------------------------------------------
+
+    @_unary
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        name, version, payload, raw = decode_infer_request(request)
+        attach_headers(payload, metadata_headers(context.invocation_metadata()))
+        response = await as_future(self.dataplane.infer(name, version, payload))
+        headers = take_headers(response)
+        message = encode_infer_response(response, raw)
+        if headers:
+            await context.send_initial_metadata(response_metadata(headers))
+        return message
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """
+        A stream served by the model's ``predict_stream``: the first request names the
+        model; each later one must name the same. Errors end the stream with one
+        response carrying ``error_message`` (as Triton's clients expect).
+        """
+        headers = metadata_headers(context.invocation_metadata())
+        incoming = requests.__aiter__()
+        first = await _next(incoming)
+        if first is None:
+            return
+        state = {"raw": True}
+        model = None
+        try:
+            name, version = first.model_name, first.model_version or None
+            if not name:
+                raise InvalidArgument("model_name is required")
+            model = self.dataplane.begin_stream(name, version)
+
+            async def payloads() -> AsyncIterator[InferenceRequest]:
+                message = first
+                index = 0
+                while message is not None:
+                    if message.model_name != name or (message.model_version or None) != version:
+                        raise InvalidArgument(
+                            f"stream request {index} names model '{message.model_name}'; "
+                            f"this stream serves '{name}'"
+                        )
+                    _, _, payload, raw = decode_infer_request(message)
+                    state["raw"] = raw
+                    attach_headers(payload, HeaderDict(headers))
+                    yield payload
+                    index += 1
+                    message = await _next(incoming)
+
+            responses = model.predict_stream(payloads())
+            if inspect.isawaitable(responses):
+                responses = await responses
+            sent_headers = False
+            async for response in responses:
+                if not isinstance(response, InferenceResponse):
+                    raise V2DError(
+                        f"model '{name}' predict_stream() yielded {type(response).__name__}, "
+                        "not an InferenceResponse"
+                    )
+                if not response.model_name:
+                    response.model_name = model.name
+                if response.model_version is None:
+                    response.model_version = model.version
+                extra = take_headers(response)
+                if not sent_headers:
+                    sent_headers = True
+                    if extra:
+                        await context.send_initial_metadata(response_metadata(extra))
+                yield pb.ModelStreamInferResponse(
+                    infer_response=encode_infer_response(response, state["raw"])
+                )
+        except V2DError as e:
+            yield pb.ModelStreamInferResponse(error_message=e.message)
+        except NotImplementedError as e:
+            yield pb.ModelStreamInferResponse(error_message=str(e) or "predict_stream() is not implemented")
+        except Exception as e:
+            if _is_abort(e):
+                raise
+            log.failure("model stream failed")
+            yield pb.ModelStreamInferResponse(error_message=f"{type(e).__name__}: {e}")
+        finally:
+            if model is not None:
+                self.dataplane.end_stream(model)
+
+    # -- repository extension ---------------------------------------------------------
+
+    @_unary
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        message = pb.RepositoryIndexResponse()
+        for entry in self.dataplane.repository_index(request.ready):
+            message.models.add(**entry)
+        return message
+
+    @_unary
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        if not request.model_name:
+            raise InvalidArgument("model_name is required")
+        await as_future(self.dataplane.load_model(request.model_name))
+        return pb.RepositoryModelLoadResponse()
+
+    @_unary
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        if not request.model_name:
+            raise InvalidArgument("model_name is required")
+        await as_future(self.dataplane.unload_model(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- registration -------------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler serving every method of the service."""
+        service = pb.ModelInferRequest.DESCRIPTOR.file.pool.FindServiceByName(SERVICE_NAME)
+        handlers = {}
+        for method in service.methods:
+            request_cls = _class_of(method.input_type)
+            response_cls = _class_of(method.output_type)
+            fn = getattr(self, method.name)
+            if method.client_streaming and method.server_streaming:
+                make = grpc.stream_stream_rpc_method_handler
+            else:
+                make = grpc.unary_unary_rpc_method_handler
+            handlers[method.name] = make(
+                fn,
+                request_deserializer=request_cls.FromString,
+                response_serializer=response_cls.SerializeToString,
+            )
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+async def _next(iterator: Any) -> Any:
+    """The next item of an async iterator, or None at its end."""
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+def _class_of(descriptor: Any) -> Any:
+    from google.protobuf import message_factory
+
+    return message_factory.GetMessageClass(descriptor)

@@ -1,0 +1,1 @@
+"""Code generated from protos/ (see protos/generate.py)."""
