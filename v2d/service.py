@@ -17,6 +17,7 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.logger import Logger
 
+from v2d.batching import batching_wrapper
 from v2d.dataplane import DataPlane
 from v2d.interfaces import IModelFactory
 from v2d.registry import ModelRegistry
@@ -51,7 +52,7 @@ class V2DService(Service):
         self.repository = ModelRepository(settings.models, dict(os.environ if environ is None else environ))
         self.local_factory = LocalModelFactory()
         self.worker_pool: Optional[Any] = None
-        self.registry = ModelRegistry(factory_for=self.factory_for)
+        self.registry = ModelRegistry(factory_for=self.factory_for, wrap=batching_wrapper(reactor))
         self.dataplane = DataPlane(
             registry=self.registry,
             repository=self.repository,
