@@ -126,6 +126,7 @@ def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
     """Owned by root, group rights equal to the owner's, no host user names."""
     info.uid = info.gid = 0
     info.uname = info.gname = ""
+    info.mtime = int(info.mtime)
     info.mode = (info.mode & ~0o070) | ((info.mode & 0o700) >> 3)
     return info
 
@@ -149,7 +150,7 @@ def context_tar(runtime: RuntimeFolder, files: BuildFiles) -> IO[bytes]:
     ]
     included = exclude_paths(runtime.root, patterns)
     out = tempfile.TemporaryFile(prefix="v2d-build-context-")
-    with tarfile.open(fileobj=out, mode="w") as tar:
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for rel in sorted(included):
             top = rel.replace(os.sep, "/").split("/", 1)[0]
             if top in ("Dockerfile", ".dockerignore", BUILD_SUPPORT_DIR):

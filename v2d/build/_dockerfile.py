@@ -27,6 +27,7 @@ from v2d.build._runtime import (
     BUILD_SUPPORT_DIR,
     IMAGE_ENVS_DIR,
     IMAGE_HOME,
+    IMAGE_MODELS_DIR,
     IMAGE_ROOT,
     IMAGE_SETTINGS,
     IMAGE_VENV,
@@ -183,11 +184,11 @@ def render_dockerfile(runtime: RuntimeFolder, options: ImageOptions) -> str:
                 f"if command -v useradd >/dev/null && ! getent passwd {IMAGE_UID} >/dev/null; then"
                 f" useradd --uid {IMAGE_UID} --gid 0 --no-create-home --home-dir {IMAGE_HOME}"
                 " --shell /usr/sbin/nologin v2d; fi",
-                f"mkdir -p {IMAGE_ENVS_DIR} {IMAGE_HOME}",
+                f"mkdir -p {IMAGE_MODELS_DIR} {IMAGE_ENVS_DIR} {IMAGE_HOME}",
                 # Group 0 owns what the server writes, with the owner's rights: any UID
                 # run in group 0 (OpenShift) can write there.
-                f"chown {IMAGE_UID}:0 {IMAGE_ENVS_DIR} {IMAGE_HOME}",
-                f"chmod 0775 {IMAGE_ENVS_DIR} {IMAGE_HOME}",
+                f"chown {IMAGE_UID}:0 {IMAGE_MODELS_DIR} {IMAGE_ENVS_DIR} {IMAGE_HOME}",
+                f"chmod 0775 {IMAGE_MODELS_DIR} {IMAGE_ENVS_DIR} {IMAGE_HOME}",
             ]
         ),
         f"COPY --from=build {IMAGE_VENV} {IMAGE_VENV}",
