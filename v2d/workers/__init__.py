@@ -1,0 +1,23 @@
+"""
+Worker processes: models served in child processes, in their own Python environments.
+
+The server side (``WorkerPool``) is built on Twisted's process support; the child
+side (``v2d.workers._child``) and what both share (``_wire``, ``_handshake``,
+``_errors``) use only the standard library, because children import this package
+from a zip in an environment that has no Twisted. So the public names here are
+imported lazily, on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["WorkerModel", "WorkerModelFactory", "WorkerPool"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from v2d.workers import _pool
+
+        return getattr(_pool, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,267 @@
+"""
+The worker child: serves one model's runtime over the wire, on an asyncio loop.
+
+Started by ``v2d.workers._bootstrap`` in the environment's interpreter (isolated
+mode). It reads messages from ``in_fd`` (a reader thread), runs them on an asyncio
+loop (so ``async def`` runtimes serve requests concurrently) and writes replies to
+``out_fd``. Anything the runtime prints goes to the child's stdout/stderr, which the
+server re-logs; the wire has fds of its own.
+
+Messages are tuples ``(op, request_id, body)``. From the server: ``load`` (model
+settings), ``predict`` (a request), ``stream_open`` / ``stream_item`` /
+``stream_close`` / ``stream_cancel``, ``unload``. To the server: ``loaded``,
+``result``, ``stream_item``, ``stream_end``, ``error``, ``unloaded``.
+
+The child ends when its input closes (the server stopped it, or died): it does not
+outlive the server.
+
+Imported only in worker children (Python 3.9 and up): standard library, numpy and
+v2d's child-safe modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import os
+import signal
+import sys
+import threading
+import traceback
+from typing import Any, AsyncIterator, Dict, Optional
+
+from v2d._version import __version__
+from v2d.workers import _errors, _handshake, _wire
+
+__all__ = ["main"]
+
+#: Seconds a child waits for its loop to finish once its input closed, before it exits anyway.
+EXIT_GRACE = 5.0
+_END = object()
+
+
+async def _resolve(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _streams(runtime: Any) -> bool:
+    from v2d.runtime import MLModel
+
+    method = getattr(type(runtime), "predict_stream", None)
+    return method is not None and method is not MLModel.predict_stream
+
+
+class ChildServer:
+    """Serves the messages of one server connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, out: Any, shm: Optional[_wire.SharedMemory]) -> None:
+        self.loop = loop
+        self.out = out
+        self.shm = shm
+        self.runtime: Any = None
+        self.namespace: Any = None
+        self.tasks: Dict[int, asyncio.Task] = {}
+        self.queues: Dict[int, asyncio.Queue] = {}
+
+    # -- output ---------------------------------------------------------------
+
+    def send(self, op: str, rid: int, body: Any = None) -> None:
+        try:
+            chunks = _wire.encode_message((op, rid, body), self.shm)
+        except Exception as exc:  # an unpicklable result: report it instead
+            if op == "error":
+                raise
+            reason = f"cannot send the {op} of request {rid} to the server: {type(exc).__name__}: {exc}"
+            chunks = _wire.encode_message(("error", rid, _errors.describe(TypeError(reason))), self.shm)
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                n = self.out.write(view)
+                view = view[n:]
+
+    def fail(self, rid: int, exc: BaseException) -> None:
+        if not isinstance(exc, (_v2d_error(), NotImplementedError)):
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        self.send("error", rid, _errors.describe(exc))
+
+    # -- dispatch -------------------------------------------------------------
+
+    def handle(self, message: Any) -> None:
+        op, rid, body = message
+        if op == "predict":
+            self._spawn(rid, self._predict(rid, body))
+        elif op == "stream_open":
+            self.queues[rid] = asyncio.Queue()
+            self._spawn(rid, self._stream(rid))
+        elif op == "stream_item":
+            queue = self.queues.get(rid)
+            if queue is not None:
+                queue.put_nowait(body)
+        elif op == "stream_close":
+            queue = self.queues.get(rid)
+            if queue is not None:
+                queue.put_nowait(_END)
+        elif op == "stream_cancel":
+            task = self.tasks.get(rid)
+            if task is not None:
+                task.cancel()
+        elif op == "load":
+            self._spawn(rid, self._load(rid, body))
+        elif op == "unload":
+            self._spawn(rid, self._unload(rid))
+        else:
+            self.send("error", rid, _errors.describe(ValueError(f"unknown operation {op!r}")))
+
+    def _spawn(self, rid: int, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks[rid] = task
+        task.add_done_callback(lambda _: self.tasks.pop(rid, None))
+
+    async def _load(self, rid: int, settings: Any) -> None:
+        from v2d.importer import load_implementation
+
+        try:
+            folder = settings.folder or "."
+            cls, namespace = load_implementation(folder, settings.implementation, settings.name)
+            try:
+                if not callable(cls):
+                    raise TypeError(f"implementation {settings.implementation!r} is not a class")
+                runtime = cls(settings)
+                if not callable(getattr(runtime, "predict", None)):
+                    raise TypeError(f"implementation {settings.implementation!r} has no predict() method")
+                result = await _resolve(runtime.load())
+            except BaseException:
+                namespace.forget()
+                raise
+            ready = result if isinstance(result, bool) else True
+            runtime.ready = ready
+            self.runtime, self.namespace = runtime, namespace
+            info = {"ready": ready, "metadata": runtime.metadata(), "streaming": _streams(runtime)}
+            self.send("loaded", rid, info)
+        except Exception as exc:
+            self.fail(rid, exc)
+
+    async def _unload(self, rid: int) -> None:
+        try:
+            if self.runtime is not None:
+                self.runtime.ready = False
+                await _resolve(self.runtime.unload())
+        except Exception as exc:
+            self.fail(rid, exc)
+        else:
+            self.send("unloaded", rid)
+        finally:
+            if self.namespace is not None:
+                self.namespace.forget()
+            self.runtime = self.namespace = None
+            gc.collect()
+
+    async def _predict(self, rid: int, payload: Any) -> None:
+        try:
+            if self.runtime is None:
+                raise _v2d_unavailable()("the worker has no model loaded")
+            response = await _resolve(self.runtime.predict(payload))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.fail(rid, exc)
+        else:
+            self.send("result", rid, response)
+
+    async def _requests(self, queue: asyncio.Queue) -> AsyncIterator[Any]:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                return
+            yield item
+
+    async def _stream(self, rid: int) -> None:
+        queue = self.queues[rid]
+        try:
+            if self.runtime is None:
+                raise _v2d_unavailable()("the worker has no model loaded")
+            async for response in self.runtime.predict_stream(self._requests(queue)):
+                self.send("stream_item", rid, response)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            self.fail(rid, exc)
+        else:
+            self.send("stream_end", rid)
+        finally:
+            self.queues.pop(rid, None)
+
+
+def _v2d_error() -> type:
+    from v2d.errors import V2DError
+
+    return V2DError
+
+
+def _v2d_unavailable() -> type:
+    from v2d.errors import Unavailable
+
+    return Unavailable
+
+
+def _reader(stream: Any, loop: asyncio.AbstractEventLoop, server: ChildServer, done: asyncio.Future) -> None:
+    """Read messages until the input closes; hand each to the loop."""
+    try:
+        while True:
+            message = _wire.read_message(stream)
+            if message is None:
+                break
+            loop.call_soon_threadsafe(server.handle, message[1])
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+        except RuntimeError:  # the loop is already closed
+            pass
+        timer = threading.Timer(EXIT_GRACE, os._exit, (0,))
+        timer.daemon = True
+        timer.start()
+
+
+def main(in_fd: int, out_fd: int) -> None:
+    """The child's whole life: handshake, then serve until the input closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    stream = os.fdopen(in_fd, "rb", buffering=0)
+    out = os.fdopen(out_fd, "wb", buffering=0)
+    hello = _handshake.describe(_wire.WIRE_VERSION, __version__)
+    out.write(_wire.encode_json(hello))
+    answer = _wire.read_message(stream)
+    if answer is None or answer[0] != "json" or not answer[1].get("ok"):
+        sys.exit(2)
+    prefix = answer[1].get("shm_prefix")
+    threshold = int(answer[1].get("shm_threshold") or 0)
+    shm = _wire.SharedMemory.default(prefix, threshold) if prefix and threshold else None
+
+    import v2d.runtime  # noqa: F401 - the runtime's base class and codecs, before any model
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = ChildServer(loop, out, shm)
+    done = loop.create_future()
+    thread = threading.Thread(target=_reader, args=(stream, loop, server, done), name="v2d-wire", daemon=True)
+    thread.start()
+    try:
+        loop.run_until_complete(done)
+        pending = [t for t in server.tasks.values() if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        if server.runtime is not None:
+            try:
+                loop.run_until_complete(_resolve(server.runtime.unload()))
+            except Exception:
+                traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
