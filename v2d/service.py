@@ -23,6 +23,7 @@ from v2d.interfaces import IModelFactory
 from v2d.registry import ModelRegistry
 from v2d.repository import ModelRepository
 from v2d.rest import RestAPI, make_site
+from v2d.rest._router import RootResource
 from v2d.settings import ModelSettings, Settings
 from v2d.wrappers import LocalModelFactory
 
@@ -61,7 +62,9 @@ class V2DService(Service):
             strict_readiness=settings.strict_readiness,
         )
         self.rest = RestAPI(self.dataplane)
-        self.site = make_site(self.rest.app.resource(), settings.max_body_size, settings.access_log)
+        self.site = make_site(
+            RootResource(self.rest, self.rest.app.resource()), settings.max_body_size, settings.access_log
+        )
         self.ports: List[Any] = []
         self.grpc_server: Optional[Any] = None
         self._loaded: Optional[Deferred] = None

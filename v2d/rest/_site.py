@@ -28,6 +28,9 @@ class V2DRequest(Request):
 
     too_large = False
     _received = 0
+    # v2d never reads HTML form posts; Twisted's check parses Content-Type through
+    # the email package on every POST, which is a large share of a small request.
+    _parsePOSTFormSubmission = False
 
     def _limit(self) -> int:
         return getattr(self.channel.site, "max_body_size", 0) or 0  # type: ignore[union-attr]

@@ -1,0 +1,71 @@
+"""
+The REST root resource: inference requests go straight to their handler; every other
+path goes through Klein.
+
+Klein (werkzeug) routing costs a noticeable share of a small request's time, so the
+one hot route, ``POST /v2/models/{m}[/versions/{v}]/infer``, is matched here with one
+regular expression and handed to the same ``RestAPI.infer`` method Klein would call.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+__all__ = ["RootResource"]
+
+_INFER = re.compile(rb"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+log = Logger()
+
+
+def _segment(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace")
+    return unquote(text) if "%" in text else text
+
+
+class RootResource(Resource):
+    """Serves ``/infer`` directly and everything else through ``fallback`` (Klein)."""
+
+    isLeaf = True
+
+    def __init__(self, api: Any, fallback: IResource) -> None:
+        super().__init__()
+        self.api = api
+        self.fallback = fallback
+
+    def render(self, request: Any) -> Any:
+        if request.method == b"POST":
+            match = _INFER.match(request.path)
+            if match is not None:
+                version = match.group(2)
+                result = self.api.infer(
+                    request, _segment(match.group(1)), _segment(version) if version is not None else None
+                )
+                if isinstance(result, Deferred):
+                    result.addCallback(self._write, request)
+                    result.addErrback(self._failed, request)
+                    return NOT_DONE_YET
+                request.setHeader(b"content-length", b"%d" % len(result))
+                return result
+        return self.fallback.render(request)
+
+    @staticmethod
+    def _write(body: bytes, request: Any) -> None:
+        if request._disconnected:
+            return
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+    @staticmethod
+    def _failed(failure: Any, request: Any) -> None:
+        log.failure("failed writing a response", failure)
+        if not request._disconnected and not request.finished:
+            request.setResponseCode(500)
+            request.finish()
