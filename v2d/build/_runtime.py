@@ -102,9 +102,15 @@ def image_folder_name(path: str) -> str:
 
 
 def _walk(root: str) -> Iterable[Tuple[str, List[str]]]:
-    """(relative dir, file names) for every folder under ``root``, hidden ones skipped."""
-    for current, dirs, files in os.walk(root):
+    """
+    (relative dir, file names) for every folder under ``root``; hidden folders and
+    unpacked Python environments are skipped, as the server's model discovery does.
+    """
+    for current, dirs, files in os.walk(root, followlinks=True):
         rel = os.path.relpath(current, root)
+        if "pyvenv.cfg" in files or "conda-meta" in dirs:
+            dirs[:] = []
+            continue
         dirs[:] = sorted(
             d
             for d in dirs
@@ -120,6 +126,7 @@ def scan_runtime(path: str) -> RuntimeFolder:
         raise RuntimeFolderError(f"{path}: no such folder")
     model_files: List[str] = []
     names: List[str] = []
+    seen: Dict[Tuple[str, Optional[str]], str] = {}
     tarballs: List[str] = []
     for rel_dir, files in _walk(root):
         if "model-settings.json" not in files:
@@ -132,8 +139,16 @@ def scan_runtime(path: str) -> RuntimeFolder:
             raise RuntimeFolderError(f"{rel_file}: {e}") from None
         if not settings.implementation:
             raise RuntimeFolderError(f"{rel_file}: field 'implementation' is missing")
+        key = (settings.name, settings.version)
+        if key in seen:
+            raise RuntimeFolderError(
+                f"{rel_file}: model '{settings.name}' version '{settings.version}'"
+                f" is also defined in {seen[key]}"
+            )
+        seen[key] = rel_file
         model_files.append(rel_file)
-        names.append(settings.name)
+        if settings.name not in names:
+            names.append(settings.name)
         tarball = settings.parameters.environment_tarball
         if tarball:
             resolved = settings.resolve_path(tarball)
@@ -151,9 +166,6 @@ def scan_runtime(path: str) -> RuntimeFolder:
             f"{path}: no runtime found: no model-settings.json in the folder or below it"
             " (a model folder holds model-settings.json and the runtime's code)"
         )
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise RuntimeFolderError(f"{path}: several model folders are named {', '.join(duplicates)}")
     requirements = "requirements.txt" if os.path.isfile(os.path.join(root, "requirements.txt")) else None
     conda_file = next((f for f in CONDA_FILES if os.path.isfile(os.path.join(root, f))), None)
     return RuntimeFolder(
