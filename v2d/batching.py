@@ -91,8 +91,10 @@ def _split(response: InferenceResponse, requests: List[InferenceRequest]) -> Lis
                 f"batch size {total} (set max_batch_size to 0 for models that do not batch on axis 0)"
             )
         row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        flat: Any = data
         if isinstance(data, np.ndarray):
-            flat = data.reshape(total, -1) if data.ndim != len(shape) else data
+            if data.ndim != len(shape):
+                flat = data.reshape(total, -1)
         else:
             flat = list(data)
         start = 0

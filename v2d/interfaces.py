@@ -77,6 +77,18 @@ class IModelRegistry(Interface):
     def unload(name):  # type: ignore[misc]
         """Unload every version of a model; Deferred."""
 
+    def ready(name, version=None):  # type: ignore[misc]
+        """Whether the model (version) can serve; raises ModelNotFound if unknown."""
+
+    def all_ready():  # type: ignore[misc]
+        """True when no model is loading or failed (unloaded ones do not count)."""
+
+    def names():  # type: ignore[misc]
+        """Every model name the registry knows."""
+
+    def mark_failed(name, version, reason):  # type: ignore[misc]
+        """Record a model that could not even be read (invalid settings)."""
+
     def unload_all():  # type: ignore[misc]
         """Unload every model; Deferred firing when all are unloaded."""
 

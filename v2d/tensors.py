@@ -208,7 +208,8 @@ def encode_raw_tensor(datatype: str, data: Any, field: str = "output") -> Any:
     if DATATYPES.get(datatype) is None:
         items, _ = flat_output(datatype, data, field)
         return pack_bytes(items)
-    return memoryview(output_array(datatype, data, field)).cast("B")
+    array = output_array(datatype, data, field)
+    return memoryview(array).cast("B")  # type: ignore[arg-type]
 
 
 def infer_datatype(data: Any) -> str:

@@ -126,7 +126,7 @@ def decode_request(doc: Dict[str, Any], binary: Any = None) -> InferenceRequest:
                 raise InvalidArgument(f"outputs[{i}] must be an object")
             outputs.append(
                 RequestOutput(
-                    name=_string(item.get("name"), f"outputs[{i}].name"),
+                    name=_string(item.get("name"), f"outputs[{i}].name") or "",
                     parameters=_parameters(item.get("parameters"), f"outputs[{i}].parameters"),
                 )
             )

@@ -33,7 +33,7 @@ class V2DRequest(Request):
     _parsePOSTFormSubmission = False
 
     def _limit(self) -> int:
-        return getattr(self.channel.site, "max_body_size", 0) or 0  # type: ignore[union-attr]
+        return getattr(getattr(self.channel, "site", None), "max_body_size", 0) or 0
 
     def gotLength(self, length: Optional[int]) -> None:
         self.content = io.BytesIO()
@@ -50,7 +50,7 @@ class V2DRequest(Request):
             self.too_large = True
             self.content = io.BytesIO()
             return
-        self.content.write(data)
+        self.content.write(data)  # type: ignore[union-attr]
 
     def process(self) -> None:
         if not self.too_large:
