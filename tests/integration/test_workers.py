@@ -1,0 +1,304 @@
+"""
+Worker processes end to end: a real ``twistd v2d`` whose models run in child
+processes, called over real HTTP and gRPC on loopback.
+
+Checked here: requests spread over the workers; errors, headers, ``decode_args`` and
+streaming behave as in-process; SIGKILL of a worker mid-request fails that request at
+once with a clear 503 and the worker comes back; SIGTERM to the daemon leaves no
+child; SIGKILL of the daemon leaves no child either (children see their input close).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import textwrap
+import threading
+import time
+from typing import List
+
+import pytest
+
+from tests.support.daemon import Daemon
+
+pytestmark = pytest.mark.integration
+
+ECHO = """
+import asyncio
+import os
+import numpy as np
+from v2d import MLModel
+from v2d.errors import InferenceError
+from v2d.types import InferenceResponse, Parameters, ResponseOutput
+
+class Echo(MLModel):
+    async def predict(self, payload):
+        params = payload.parameters
+        if params is not None and params.get("sleep"):
+            await asyncio.sleep(float(params.get("sleep")))
+        if params is not None and params.get("fail") == "runtime":
+            raise ValueError("asked to fail")
+        if params is not None and params.get("fail") == "inference":
+            raise InferenceError("bad input, as asked")
+        x = payload.inputs[0].data
+        headers = (params.headers if params is not None else None) or {}
+        return InferenceResponse(
+            model_name=self.name,
+            outputs=[
+                ResponseOutput(name="y", shape=list(x.shape), datatype="FP32", data=np.asarray(x, "f4") * 2),
+                ResponseOutput(name="pid", shape=[1], datatype="INT64", data=np.array([os.getpid()])),
+            ],
+            parameters=Parameters(headers={"X-Echo-Tenant": headers.get("X-Tenant", "-")}),
+        )
+"""
+
+DECODE_ARGS = """
+from typing import List
+import numpy as np
+from v2d import MLModel
+from v2d.codecs import decode_args
+
+class Joiner(MLModel):
+    @decode_args
+    async def predict(self, words: List[str], counts: np.ndarray) -> List[str]:
+        return [w * int(c) for w, c in zip(words, counts.ravel())]
+"""
+
+COUNTER = """
+import numpy as np
+from v2d import MLModel
+from v2d.types import InferenceResponse, ResponseOutput
+
+class Counter(MLModel):
+    def predict(self, payload):
+        raise NotImplementedError("stream only")
+
+    async def predict_stream(self, payloads):
+        total = 0
+        async for payload in payloads:
+            total += int(np.asarray(payload.inputs[0].data).sum())
+            yield InferenceResponse(
+                model_name=self.name,
+                outputs=[ResponseOutput(name="total", shape=[1], datatype="INT64", data=np.array([total]))],
+            )
+"""
+
+
+def write_model(root: str, name: str, implementation: str, source: str, **settings) -> None:
+    path = os.path.join(root, name)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "model-settings.json"), "w") as f:
+        json.dump({"name": name, "implementation": implementation, **settings}, f)
+    with open(os.path.join(path, "models.py"), "w") as f:
+        f.write(textwrap.dedent(source))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("worker-models"))
+    write_model(root, "echo", "models.Echo", ECHO, parallel_workers=2)
+    write_model(root, "slow", "models.Echo", ECHO, parallel_workers=1)
+    write_model(root, "joiner", "models.Joiner", DECODE_ARGS)
+    write_model(root, "counter", "models.Counter", COUNTER)
+    return root
+
+
+@pytest.fixture(scope="module")
+def daemon(models, tmp_path_factory):
+    envs = str(tmp_path_factory.mktemp("envs"))
+    with Daemon(models, "--workers", "1", "--envs-dir", envs) as d:
+        yield wait_ready(d)
+
+
+def wait_ready(d: Daemon, timeout: float = 60.0) -> Daemon:
+    """Wait until every model is READY (the harness may return before loading began)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, index, _ = d.post("/v2/repository/index", {})
+        if status == 200 and index and all(e.get("state") == "READY" for e in index):
+            return d
+        time.sleep(0.1)
+    raise AssertionError(f"models not ready: {index}\n{d.log()}")
+
+
+def infer(d: Daemon, model: str, data: List[float], parameters=None, headers=None, timeout=30.0):
+    body = {"inputs": [{"name": "x", "shape": [len(data)], "datatype": "FP32", "data": data}]}
+    if parameters:
+        body["parameters"] = parameters
+    return d.post(f"/v2/models/{model}/infer", body, headers=headers, timeout=timeout)
+
+
+def worker_pids(d: Daemon) -> List[int]:
+    """The daemon's child processes (its workers)."""
+    assert d.process is not None
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == d.process.pid:
+            out.append(int(name))
+    return sorted(out)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: List[int], timeout: float = 15.0) -> List[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+def test_requests_are_served_by_worker_processes(daemon):
+    pids = set()
+    for _ in range(6):
+        status, body, _ = infer(daemon, "echo", [1, 2, 3])
+        assert status == 200, body
+        assert body["outputs"][0]["data"] == [2.0, 4.0, 6.0]
+        pids.add(body["outputs"][1]["data"][0])
+    assert daemon.process is not None
+    assert daemon.process.pid not in pids
+    assert len(pids) == 2, "parallel_workers=2 and idle workers: requests alternate between both"
+    assert pids <= set(worker_pids(daemon))
+
+
+def test_least_busy_worker_gets_the_next_request(daemon):
+    results: "queue.Queue" = queue.Queue()
+    slow = threading.Thread(target=lambda: results.put(infer(daemon, "echo", [1], {"sleep": 1.5})))
+    slow.start()
+    time.sleep(0.5)
+    status, quick, _ = infer(daemon, "echo", [1])
+    assert status == 200
+    slow.join()
+    status, slow_body, _ = results.get()
+    assert status == 200
+    assert quick["outputs"][1]["data"] != slow_body["outputs"][1]["data"]
+
+
+def test_errors_keep_their_kind_and_message(daemon):
+    status, body, _ = infer(daemon, "echo", [1], {"fail": "inference"})
+    assert (status, body["error"]) == (400, "bad input, as asked")
+    status, body, _ = infer(daemon, "echo", [1], {"fail": "runtime"})
+    assert status == 500
+    assert body["error"] == "ValueError: asked to fail"
+
+
+def test_headers_flow_both_ways(daemon):
+    status, body, headers = infer(daemon, "echo", [1], headers={"X-Tenant": "acme"})
+    assert status == 200, body
+    assert headers.get("X-Echo-Tenant") == "acme"
+
+
+def test_decode_args_runtime_in_a_worker(daemon):
+    body = {
+        "inputs": [
+            {"name": "words", "shape": [2], "datatype": "BYTES", "data": ["ab", "c"]},
+            {"name": "counts", "shape": [2], "datatype": "INT64", "data": [2, 3]},
+        ]
+    }
+    status, out, _ = daemon.post("/v2/models/joiner/infer", body)
+    assert status == 200, out
+    assert out["outputs"][0]["data"] == ["abab", "ccc"]
+
+
+def test_metadata_comes_from_the_worker(daemon):
+    status, body, _ = daemon.get("/v2/models/echo")
+    assert status == 200
+    assert body["name"] == "echo"
+
+
+def test_streaming_through_a_worker(daemon):
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    import numpy as np
+
+    client = grpcclient.InferenceServerClient(daemon.grpc_address)
+    got: "queue.Queue" = queue.Queue()
+    client.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        for value in (1, 2, 3):
+            x = grpcclient.InferInput("x", [1], "INT64")
+            x.set_data_from_numpy(np.array([value], dtype=np.int64))
+            client.async_stream_infer(model_name="counter", inputs=[x])
+        totals = []
+        for _ in range(3):
+            result, error = got.get(timeout=30)
+            assert error is None, error
+            totals.append(int(result.as_numpy("total")[0]))
+    finally:
+        client.stop_stream()
+        client.close()
+    assert totals == [1, 3, 6]
+
+
+def test_sigkill_of_a_worker_mid_request(daemon):
+    status, body, _ = infer(daemon, "slow", [1])
+    assert status == 200
+    victim = body["outputs"][1]["data"][0]
+    results: "queue.Queue" = queue.Queue()
+    pending = threading.Thread(target=lambda: results.put(infer(daemon, "slow", [1], {"sleep": 30})))
+    started = time.monotonic()
+    pending.start()
+    time.sleep(1.0)
+    os.kill(victim, signal.SIGKILL)
+    pending.join(20)
+    status, body, _ = results.get(timeout=1)
+    assert time.monotonic() - started < 10, "the request failed at once, not after its sleep"
+    assert status == 503
+    assert "killed by signal 9 (SIGKILL)" in body["error"]
+    assert "worker 0 of model 'slow'" in body["error"]
+    deadline = time.monotonic() + 20
+    while True:
+        status, body, _ = infer(daemon, "slow", [2])
+        if status == 200 or time.monotonic() > deadline:
+            break
+        assert status == 503
+        time.sleep(0.2)
+    assert status == 200, body
+    assert body["outputs"][1]["data"][0] != victim
+    for _ in range(3):
+        assert infer(daemon, "slow", [3])[0] == 200
+
+
+def test_sigterm_leaves_no_child(models, tmp_path):
+    d = Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"), grpc=False)
+    with d:
+        wait_ready(d)
+        assert infer(d, "echo", [1])[0] == 200
+        children = worker_pids(d)
+        assert len(children) == 5  # echo x2, slow, joiner, counter
+        # twistd ends by re-raising the signal it stopped on, after a clean shutdown
+        assert d.stop() in (0, -signal.SIGTERM)
+        assert wait_gone(children, timeout=1) == []
+        log = d.log()
+    assert "stopping worker processes" in log
+    assert "exited with code 0" in log, "children ended on their own once their model was unloaded"
+    assert "sending KILL" not in log
+
+
+def test_sigkill_of_the_daemon_leaves_no_child(models, tmp_path):
+    d = Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"), grpc=False)
+    with d:
+        wait_ready(d)
+        children = worker_pids(d)
+        assert len(children) == 5
+        assert d.process is not None
+        d.process.send_signal(signal.SIGKILL)
+        d.process.wait(10)
+        assert wait_gone(children, timeout=15) == [], "children exit when the server's end of the wire closes"
