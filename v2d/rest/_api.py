@@ -8,7 +8,8 @@ v2d.errors mapped to an HTTP status and ``{"error": "..."}``.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, Optional
+import inspect
+from typing import Any, AsyncIterator, Callable, Dict, Optional
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -16,9 +17,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException
 
-from v2d.errors import V2DError
+from v2d.aio import as_deferred
+from v2d.errors import Unimplemented, V2DError
+from v2d.modelconfig import model_config
+from v2d.rest._binary import HEADER_LENGTH, decode_infer_body, encode_infer_body
 from v2d.rest._json import (
-    decode_request,
     dumps,
     encode_response,
     error_body,
@@ -155,6 +158,63 @@ def send_headers(request: Any, headers: Optional[Dict[str, Any]]) -> None:
         request.setHeader(str(name).encode("latin-1"), str(value).encode("latin-1"))
 
 
+async def _one(payload: InferenceRequest) -> AsyncIterator[InferenceRequest]:
+    yield payload
+
+
+async def send_event_stream(request: Any, model: Any, payload: InferenceRequest, done: Callable) -> bytes:
+    """
+    Write the responses of ``model.predict_stream`` as server-sent events (``data:`` and
+    the JSON response each). An error before the first response is an ordinary error
+    response; after it, an ``event: error`` with ``{"error": ...}`` ends the stream.
+    ``done(model)`` is called at the end, whatever happens.
+    """
+    gone: list = []
+    request.notifyFinish().addErrback(gone.append)
+    started = False
+    responses: Any = None
+    try:
+        responses = model.predict_stream(_one(payload))
+        if inspect.isawaitable(responses):
+            responses = await responses
+        async for response in responses:
+            if gone:
+                break
+            if not isinstance(response, InferenceResponse):
+                kind = type(response).__name__
+                raise V2DError(f"predict_stream() yielded {kind}, not an InferenceResponse")
+            if not response.model_name:
+                response.model_name = model.name
+            if response.model_version is None:
+                response.model_version = model.version
+            headers = take_response_headers(response)
+            if not started:
+                started = True
+                request.setHeader(b"content-type", b"text/event-stream")
+                request.setHeader(b"cache-control", b"no-cache")
+                send_headers(request, headers)
+            request.write(b"data: " + encode_response(response) + b"\n\n")
+    except Exception as e:
+        if isinstance(e, NotImplementedError):
+            e = Unimplemented(str(e) or "predict_stream() is not implemented")
+        if not started:
+            if isinstance(e, V2DError):
+                return _error(request, e)
+            return _unexpected(request, Failure())
+        if not isinstance(e, V2DError):
+            log.failure("model {model} failed a stream", model=model.name)
+        if not gone:
+            request.write(b"event: error\ndata: " + error_body(str(e)) + b"\n\n")
+    finally:
+        aclose = getattr(responses, "aclose", None)
+        if gone and aclose is not None:
+            await aclose()
+        done(model)
+    if not started:
+        request.setHeader(b"content-type", b"text/event-stream")
+    return b""
+
+
 class RestAPI:
     """The REST endpoints over a dataplane; ``app.resource()`` is the web resource."""
 
@@ -208,16 +268,31 @@ class RestAPI:
             request.setResponseCode(503)
         return dumps({"name": name, "ready": ready})
 
+    @app.route("/v2/models/<name>/config", methods=["GET"])
+    @app.route("/v2/models/<name>/versions/<version>/config", methods=["GET"])
+    @endpoint
+    def model_config(self, request: Any, name: str, version: Optional[str] = None) -> bytes:
+        """The model configuration extension (v2d.modelconfig)."""
+        request.setHeader(b"content-type", _JSON)
+        return dumps(model_config(self.dataplane.model(name, version)))
+
     # -- inference ---------------------------------------------------------------
 
     def decode_infer(self, request: Any) -> InferenceRequest:
-        """The InferenceRequest of an HTTP request (JSON body)."""
-        return decode_request(parse_json_object(request_body(request)))
+        """The InferenceRequest of an HTTP request (JSON, or JSON and binary data: v2d.rest._binary)."""
+        return decode_infer_body(request_body(request), request.getHeader(HEADER_LENGTH))
 
     def encode_infer(self, request: Any, response: InferenceResponse, payload: InferenceRequest) -> bytes:
-        """The HTTP body of an InferenceResponse (JSON)."""
-        request.setHeader(b"content-type", _JSON)
-        return encode_response(response)
+        """The HTTP body of an InferenceResponse (JSON, or JSON and binary data when asked for)."""
+        body, header_length = encode_infer_body(
+            response, payload, binary_request=request.getHeader(HEADER_LENGTH) is not None
+        )
+        if header_length is None:
+            request.setHeader(b"content-type", _JSON)
+        else:
+            request.setHeader(b"content-type", b"application/octet-stream")
+            request.setHeader(HEADER_LENGTH, str(header_length).encode("ascii"))
+        return body
 
     @app.route("/v2/models/<name>/infer", methods=["POST"])
     @app.route("/v2/models/<name>/versions/<version>/infer", methods=["POST"])
@@ -234,6 +309,16 @@ class RestAPI:
             return body
 
         return d.addCallback(encode)
+
+    @app.route("/v2/models/<name>/infer_stream", methods=["POST"])
+    @app.route("/v2/models/<name>/versions/<version>/infer_stream", methods=["POST"])
+    @endpoint
+    def infer_stream(self, request: Any, name: str, version: Optional[str] = None) -> Any:
+        """One request (JSON) served by the model's ``predict_stream``, answered as server-sent events."""
+        payload = decode_infer_body(request_body(request), None)
+        attach_headers(payload, request_headers(request))
+        model = self.dataplane.begin_stream(name, version)
+        return as_deferred(send_event_stream(request, model, payload, self.dataplane.end_stream))
 
     # -- repository extension ----------------------------------------------------
 
