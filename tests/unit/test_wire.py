@@ -1,0 +1,158 @@
+"""Unit tests of the worker wire: frames, pickle 5 with out-of-band buffers, shared memory."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from v2d.errors import InferenceError
+from v2d.types import HeaderDict, InferenceRequest, Parameters, RequestInput
+from v2d.workers import _wire
+from v2d.workers._wire import FrameDecoder, SharedMemory, WireError, encode_json, encode_message, read_message
+
+
+def _bytes(chunks) -> bytes:
+    return b"".join(bytes(c) for c in chunks)
+
+
+def _decode_all(data: bytes, step: int = 0):
+    got = []
+    decoder = FrameDecoder(lambda kind, obj: got.append((kind, obj)))
+    if step:
+        for i in range(0, len(data), step):
+            decoder.feed(data[i:i + step])
+    else:
+        decoder.feed(data)
+    return got
+
+
+def test_arrays_travel_out_of_band():
+    big = np.arange(100_000, dtype="<f4")
+    data, buffers = _wire.dumps({"x": big})
+    assert len(data) < 1000, "the array's data is not in the pickle stream"
+    assert [len(b) for b in buffers] == [big.nbytes]
+    back = _wire.loads(data, [bytearray(b) for b in buffers])["x"]
+    np.testing.assert_array_equal(back, big)
+    assert back.flags.writeable
+
+
+def test_arrays_are_pickled_without_numpy_module_paths():
+    data, _ = _wire.dumps(np.zeros((2, 3), dtype="<i8"))
+    assert b"numpy._core" not in data and b"numpy.core" not in data
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.arange(12, dtype="<i8").reshape(3, 4),
+        np.arange(12, dtype=">f8").reshape(3, 4).T,  # big-endian, not contiguous
+        np.zeros((0, 5), dtype="f4"),
+        np.array([b"ab", b"c"], dtype=object),
+        np.array(["x", "yz"]),
+        np.array([True, False]),
+        np.float32(1.5),
+        np.dtype("<u2"),
+        np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")]),
+    ],
+)
+def test_numpy_values_round_trip(value):
+    data, buffers = _wire.dumps(value)
+    back = _wire.loads(data, [bytearray(b) for b in buffers])
+    if isinstance(value, np.ndarray):
+        assert back.dtype == value.dtype and back.shape == value.shape
+        assert back.tolist() == value.tolist()
+    else:
+        assert back == value and type(back) is type(value)
+
+
+def test_messages_round_trip_through_the_push_decoder_in_any_chunking():
+    request = InferenceRequest(
+        id="r1",
+        parameters=Parameters(headers=HeaderDict({"X-Tenant": "acme"})),
+        inputs=[RequestInput(name="x", shape=[2, 3], datatype="FP32", data=np.ones((2, 3), "f4"))],
+    )
+    stream = encode_json({"hello": 1}) + _bytes(encode_message(("predict", 7, request))) + _bytes(
+        encode_message(("error", 8, InferenceError("nope")))
+    )
+    for step in (0, 1, 5, 4096):
+        got = _decode_all(stream, step)
+        assert [k for k, _ in got] == ["json", "pickle", "pickle"]
+        assert got[0][1] == {"hello": 1}
+        op, rid, back = got[1][1]
+        assert (op, rid, back.id) == ("predict", 7, "r1")
+        assert back.parameters.headers["x-tenant"] == "acme"
+        np.testing.assert_array_equal(back.inputs[0].data, np.ones((2, 3), "f4"))
+        assert str(got[2][1][2]) == "nope"
+
+
+def test_big_frames_are_filled_in_place():
+    value = np.random.default_rng(1).random(300_000)
+    stream = _bytes(encode_message(value))
+    got = _decode_all(stream, 65536)
+    np.testing.assert_array_equal(got[0][1], value)
+
+
+def test_pull_reader_reads_what_the_encoder_wrote():
+    stream = io.BytesIO(encode_json({"ok": True}) + _bytes(encode_message(("x", 1, np.arange(5)))))
+    assert read_message(stream) == ("json", {"ok": True})
+    kind, (op, rid, arr) = read_message(stream)
+    assert (kind, op, rid, arr.tolist()) == ("pickle", "x", 1, [0, 1, 2, 3, 4])
+    assert read_message(stream) is None
+
+
+def test_truncated_stream_reads_as_end():
+    data = _bytes(encode_message(np.arange(1000)))
+    assert read_message(io.BytesIO(data[:-10])) is None
+
+
+def test_garbage_is_a_wire_error():
+    decoder = FrameDecoder(lambda kind, obj: None)
+    with pytest.raises(WireError):
+        decoder.feed(b"Z" + b"\0" * 8)
+
+
+def test_unpicklable_payload_is_reported_not_raised():
+    got = []
+    decoder = FrameDecoder(lambda kind, obj: got.append((kind, obj)))
+    bad = b"not a pickle"
+    payload = _wire.COUNT.pack(0) + bad
+    decoder.feed(_wire.HEADER.pack(_wire.KIND_PICKLE, len(payload)) + payload)
+    assert got[0][0] == "error"
+    assert isinstance(got[0][1], pickle.UnpicklingError)
+
+
+@pytest.mark.skipif(SharedMemory.default("v2d-test") is None, reason="no writable /dev/shm on this machine")
+def test_shared_memory_carries_big_buffers_and_cleans_up():
+    shm = SharedMemory.default(f"v2d-test-{os.getpid()}", threshold=1024)
+    assert shm is not None
+    value = np.arange(10_000, dtype="<i8")
+    chunks = encode_message(("result", 1, value), shm)
+    stream = _bytes(chunks)
+    assert len(stream) < value.nbytes, "the data went through shared memory"
+    assert any(n.startswith(shm.prefix) for n in os.listdir("/dev/shm"))
+    (kind, (op, rid, back)), = _decode_all(stream)
+    np.testing.assert_array_equal(back, value)
+    back[0] = 42  # writable, private
+    assert not any(n.startswith(shm.prefix + "-") for n in os.listdir("/dev/shm")), "unlinked once taken"
+
+
+@pytest.mark.skipif(SharedMemory.default("v2d-test") is None, reason="no writable /dev/shm on this machine")
+def test_sweep_removes_what_a_dead_peer_left():
+    shm = SharedMemory.default(f"v2d-sweep-{os.getpid()}", threshold=1)
+    assert shm is not None
+    shm.put(memoryview(b"abc"))
+    shm.put(memoryview(b"def"))
+    assert shm.sweep() == 2
+    assert shm.sweep() == 0
+
+
+def test_shared_memory_frames_may_only_name_the_shm_folder(tmp_path):
+    path = tmp_path / "elsewhere"
+    path.write_bytes(b"x")
+    with pytest.raises(WireError):
+        SharedMemory.take(_wire.SIZE.pack(1) + os.fsencode(str(path)))
+    assert path.exists()
