@@ -8,7 +8,8 @@ requests in flight so that shutdown can drain them.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -37,6 +38,8 @@ class DataPlane:
     started: bool = False
     draining: bool = False
     inflight: int = 0
+    #: Called as observer(model name, version, seconds, error kind or None) per request.
+    observer: Optional[Callable[[str, Optional[str], float, Optional[str]], None]] = None
     _idle: List[Deferred] = attrs.field(factory=list)
     log = Logger()
 
@@ -73,12 +76,24 @@ class DataPlane:
             raise Unavailable("server is shutting down")
         model = self.registry.get(name, version)
         self.inflight += 1
+        started = time.perf_counter()
         try:
             d = model.predict(request)
         except BaseException:
             d = Deferred()
             d.errback()
-        return d.addBoth(self._finish, model, request)
+        d.addBoth(self._finish, model, request)
+        if self.observer is not None:
+            d.addBoth(self._observe, model, started)
+        return d
+
+    def _observe(self, result: Any, model: Any, started: float) -> Any:
+        kind = result.value.kind if isinstance(result, Failure) else None  # type: ignore[union-attr]
+        try:
+            self.observer(model.name, model.version, time.perf_counter() - started, kind)  # type: ignore[misc]
+        except Exception:
+            self.log.failure("metrics observer failed")
+        return result
 
     def _finish(self, result: Any, model: Any, request: InferenceRequest) -> Any:
         self.inflight -= 1
@@ -89,8 +104,10 @@ class DataPlane:
         if isinstance(result, Failure):
             return self._map_failure(result, model)
         if not isinstance(result, InferenceResponse):
-            raise Internal(
-                f"model '{model.name}' predict() returned {type(result).__name__}, not an InferenceResponse"
+            return Failure(
+                Internal(
+                    f"model '{model.name}' predict() returned {type(result).__name__}, not an InferenceResponse"
+                )
             )
         if not result.model_name:
             result.model_name = model.name

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from v2d.batching import batching_wrapper
 from v2d.dataplane import DataPlane
 from v2d.interfaces import IModelFactory
+from v2d.metrics import Metrics, MetricsResource
 from v2d.registry import ModelRegistry
 from v2d.repository import ModelRepository
 from v2d.rest import RestAPI, make_site
@@ -61,10 +62,11 @@ class V2DService(Service):
             extensions=self.extensions(),
             strict_readiness=settings.strict_readiness,
         )
+        self.metrics = Metrics(inflight=lambda: self.dataplane.inflight)
+        self.dataplane.observer = self.metrics.observe
         self.rest = RestAPI(self.dataplane)
-        self.site = make_site(
-            RootResource(self.rest, self.rest.app.resource()), settings.max_body_size, settings.access_log
-        )
+        root = RootResource(self.rest, self.rest.app.resource(), {b"/metrics": MetricsResource(self.metrics)})
+        self.site = make_site(root, settings.max_body_size, settings.access_log)
         self.ports: List[Any] = []
         self.grpc_server: Optional[Any] = None
         self._loaded: Optional[Deferred] = None

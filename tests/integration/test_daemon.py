@@ -466,3 +466,15 @@ def test_reactor_conflict_is_a_clear_error(models):
 
 def test_json_http_helper_sanity():
     assert http_json  # the helper module is importable for other suites
+
+
+def test_metrics(daemon):
+    infer(daemon, "scale", [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}])
+    infer(daemon, "fails", [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}])
+    status, text, headers = daemon.get("/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    text = text.decode()
+    assert 'model_infer_request_success_total{model="scale",version="1"}' in text
+    assert 'model_infer_request_failure_total{kind="INTERNAL",model="fails",version=""}' in text
+    assert "model_infer_request_duration_seconds_bucket" in text
+    assert "v2d_requests_in_flight" in text

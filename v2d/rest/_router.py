@@ -1,6 +1,6 @@
 """
-The REST root resource: inference requests go straight to their handler; every other
-path goes through Klein.
+The REST root resource: inference requests go straight to their handler, a few fixed
+paths (``/metrics``) to their own resources; every other path goes through Klein.
 
 Klein (werkzeug) routing costs a noticeable share of a small request's time, so the
 one hot route, ``POST /v2/models/{m}[/versions/{v}]/infer``, is matched here with one
@@ -10,7 +10,7 @@ regular expression and handed to the same ``RestAPI.infer`` method Klein would c
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Dict, Optional
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred
@@ -34,10 +34,11 @@ class RootResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, api: Any, fallback: IResource) -> None:
+    def __init__(self, api: Any, fallback: IResource, extra: Optional[Dict[bytes, IResource]] = None) -> None:
         super().__init__()
         self.api = api
         self.fallback = fallback
+        self.extra = dict(extra or {})
 
     def render(self, request: Any) -> Any:
         if request.method == b"POST":
@@ -53,6 +54,9 @@ class RootResource(Resource):
                     return NOT_DONE_YET
                 request.setHeader(b"content-length", b"%d" % len(result))
                 return result
+        resource = self.extra.get(request.path)
+        if resource is not None:
+            return resource.render(request)
         return self.fallback.render(request)
 
     @staticmethod

@@ -1,0 +1,84 @@
+"""
+Prometheus metrics: per-model request counts and latencies, requests in flight.
+
+The dataplane reports each finished request to an observer; this module is that
+observer and serves the text exposition format at ``GET /metrics`` on the REST
+endpoints. Each service has its own ``CollectorRegistry`` (no process-global state).
+Names follow MLServer's where the idea is the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.resource import Resource
+
+__all__ = ["Metrics", "MetricsResource"]
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The metrics of one v2d service."""
+
+    def __init__(self, inflight: Optional[Callable[[], float]] = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.success = Counter(
+            "model_infer_request_success",
+            "Inference requests served.",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.failure = Counter(
+            "model_infer_request_failure",
+            "Inference requests that failed, by error kind.",
+            ["model", "version", "kind"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "model_infer_request_duration_seconds",
+            "Time from decoded request to response, per model.",
+            ["model", "version"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("v2d_requests_in_flight", "Requests being served.", registry=self.registry)
+        if inflight is not None:
+            self.in_flight.set_function(inflight)
+        self._children: dict = {}
+
+    def observe(self, name: str, version: Optional[str], seconds: float, error_kind: Optional[str]) -> None:
+        """Record one finished request (the dataplane's observer)."""
+        key = (name, version)
+        children = self._children.get(key)
+        if children is None:
+            label = version or ""
+            children = self._children[key] = (
+                self.success.labels(name, label),
+                self.duration.labels(name, label),
+            )
+        if error_kind is None:
+            children[0].inc()
+        else:
+            self.failure.labels(name, version or "", error_kind).inc()
+        children[1].observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+
+class MetricsResource(Resource):
+    """``GET /metrics``."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return self.metrics.exposition()
