@@ -1,0 +1,255 @@
+"""
+Models in their own Python environments, end to end, with a real ``twistd v2d``.
+
+One environment is built per test run, during the run: a venv of a Python other than
+the server's (found under pyenv, or as ``python3.X`` on PATH) holding numpy and
+``inflection``, a small pure-Python package the server does not have, packed with
+venv-pack. A model whose ``environment_tarball`` is that archive serves requests
+(from the other Python, without seeing the server's site-packages); the archive is
+unpacked once and reused by the next server; an environment without numpy fails the
+model's load with a message naming both sides and what to install.
+
+Outside CI the tests skip when no other Python exists; under CI (``CI=true``) they
+fail instead.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from typing import List, Optional, Tuple
+
+import pytest
+
+from tests.support.daemon import Daemon
+
+pytestmark = pytest.mark.integration
+
+SERVER_VERSION = tuple(sys.version_info[:2])
+PREFERRED = [(3, 12), (3, 13), (3, 10), (3, 9)]
+
+PLURAL = """
+import importlib.util
+import sys
+
+import inflection
+import numpy as np
+from v2d import MLModel
+from v2d.types import InferenceResponse, ResponseOutput
+
+class Plural(MLModel):
+    def predict(self, payload):
+        words = [w.decode() if isinstance(w, bytes) else w for w in payload.inputs[0].data]
+        plural = [inflection.pluralize(w) for w in words]
+        seen = ["twisted" if importlib.util.find_spec("twisted") else "-",
+                "klein" if importlib.util.find_spec("klein") else "-"]
+        return InferenceResponse(
+            model_name=self.name,
+            outputs=[
+                ResponseOutput(name="plural", shape=[len(plural)], datatype="BYTES", data=plural),
+                ResponseOutput(name="python", shape=[1], datatype="BYTES", data=[platform_version()]),
+                ResponseOutput(name="server_packages", shape=[2], datatype="BYTES", data=seen),
+                ResponseOutput(name="numpy", shape=[1], datatype="BYTES", data=[np.__version__]),
+            ],
+        )
+
+def platform_version():
+    return "%d.%d.%d" % sys.version_info[:3]
+"""
+
+
+def _python_version(python: str) -> Optional[Tuple[int, int]]:
+    try:
+        out = subprocess.run(
+            [python, "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=30,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (int(out[0]), int(out[1])) if len(out) == 2 else None
+
+
+def _pyenv_roots() -> List[str]:
+    roots = []
+    if os.environ.get("PYENV_ROOT"):
+        roots.append(os.environ["PYENV_ROOT"])
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        try:
+            out = subprocess.run([pyenv, "root"], capture_output=True, text=True, timeout=30).stdout
+            roots.append(out.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    roots.append(os.path.join(os.path.expanduser("~"), ".pyenv"))
+    return [r for r in dict.fromkeys(roots) if r and os.path.isdir(r)]
+
+
+def find_other_python() -> Optional[Tuple[str, Tuple[int, int]]]:
+    """An interpreter of a Python version other than the server's (3.9 and up), or None."""
+    found = {}
+    for root in _pyenv_roots():
+        for python in sorted(glob.glob(os.path.join(root, "versions", "3.*", "bin", "python3"))):
+            version = _python_version(python)
+            if version and version not in found:
+                found[version] = python
+    for minor in range(9, 14):
+        python = shutil.which(f"python3.{minor}")
+        if python and (3, minor) not in found and _python_version(python) == (3, minor):
+            found[(3, minor)] = python
+    for version in PREFERRED:
+        if version != SERVER_VERSION and version in found:
+            return found[version], version
+    return None
+
+
+def skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (CI must have it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def other_python() -> Tuple[str, Tuple[int, int]]:
+    found = find_other_python()
+    if found is None:
+        server = platform.python_version()
+        skip_or_fail(f"no Python 3.9-3.13 other than the server's {server} found (pyenv or PATH)")
+    assert found is not None
+    return found
+
+
+@pytest.fixture(scope="module")
+def env_tarball(other_python, tmp_path_factory) -> str:
+    """A venv-pack archive of a venv of the other Python, with numpy and inflection."""
+    venv_pack = pytest.importorskip("venv_pack")
+    python, _ = other_python
+    work = tmp_path_factory.mktemp("env-build")
+    venv = str(work / "venv")
+    subprocess.run([python, "-m", "venv", venv], check=True, timeout=300)
+    subprocess.run(
+        [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "numpy", "inflection"],
+        check=True, timeout=900,
+    )
+    output = str(work / "env.tar.gz")
+    venv_pack.pack(prefix=venv, output=output, verbose=False)
+    return output
+
+
+def write_model(root: str, name: str, settings: dict, source: str) -> str:
+    path = os.path.join(root, name)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "model-settings.json"), "w") as f:
+        json.dump({"name": name, **settings}, f)
+    with open(os.path.join(path, "models.py"), "w") as f:
+        f.write(textwrap.dedent(source))
+    return path
+
+
+def wait_settled(d: Daemon, names: List[str], timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    states: dict = {}
+    while time.monotonic() < deadline:
+        status, index, _ = d.post("/v2/repository/index", {})
+        if status == 200:
+            states = {e["name"]: e for e in index}
+            if all(states.get(n, {}).get("state") in ("READY", "UNAVAILABLE") and
+                   states[n].get("reason") != "not loaded" for n in names):
+                return states
+        time.sleep(0.2)
+    raise AssertionError(f"models did not settle: {states}\n{d.log()}")
+
+
+def test_server_lacks_the_package():
+    import importlib.util
+
+    assert importlib.util.find_spec("inflection") is None, "the test needs a package the server does not have"
+
+
+def test_tarball_environment_serves_and_is_reused(env_tarball, other_python, tmp_path):
+    _, version = other_python
+    models = str(tmp_path / "models")
+    folder = write_model(
+        models,
+        "plural",
+        {"implementation": "models.Plural", "parameters": {"environment_tarball": "env.tar.gz"}},
+        PLURAL,
+    )
+    shutil.copy(env_tarball, os.path.join(folder, "env.tar.gz"))
+    envs = str(tmp_path / "envs")
+    body = {"inputs": [{"name": "words", "shape": [2], "datatype": "BYTES", "data": ["cat", "mouse"]}]}
+
+    with Daemon(models, "--envs-dir", envs, grpc=False) as d:
+        states = wait_settled(d, ["plural"])
+        assert states["plural"]["state"] == "READY", states
+        status, out, _ = d.post("/v2/models/plural/infer", body)
+        assert status == 200, out
+        outputs = {o["name"]: o["data"] for o in out["outputs"]}
+        assert outputs["plural"] == ["cats", "mice"]
+        assert tuple(int(p) for p in outputs["python"][0].split(".")[:2]) == version
+        assert outputs["server_packages"] == ["-", "-"], "the child must not see the server's site-packages"
+
+    unpacked = [e for e in os.listdir(envs) if not e.startswith(".")]
+    assert len(unpacked) == 1
+    first = os.stat(os.path.join(envs, unpacked[0]))
+
+    with Daemon(models, "--envs-dir", envs, grpc=False) as d:
+        assert wait_settled(d, ["plural"])["plural"]["state"] == "READY"
+        status, out, _ = d.post("/v2/models/plural/infer", body)
+        assert status == 200, out
+    again = os.stat(os.path.join(envs, unpacked[0]))
+    same = (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    assert same, "unpacked once, then reused"
+    assert [e for e in os.listdir(envs) if e.startswith(".tmp")] == []
+
+
+def test_environment_without_numpy_fails_with_a_clear_message(other_python, tmp_path):
+    python, version = other_python
+    env = str(tmp_path / "bare-env")
+    subprocess.run([python, "-m", "venv", "--without-pip", env], check=True, timeout=300)
+    models = str(tmp_path / "models")
+    settings = {"implementation": "models.Plural", "parameters": {"environment_path": env}}
+    write_model(models, "bare", settings, PLURAL)
+    with Daemon(models, "--envs-dir", str(tmp_path / "envs"), grpc=False) as d:
+        states = wait_settled(d, ["bare"])
+        reason = states["bare"]["reason"]
+        assert states["bare"]["state"] == "UNAVAILABLE"
+        assert "numpy is not installed in the environment" in reason, reason
+        assert "install numpy>=" in reason
+        assert f"Python {version[0]}.{version[1]}" in reason, "names the environment's Python"
+        assert f"Python {platform.python_version()}" in reason, "names the server's Python"
+        status, out, _ = d.post("/v2/models/bare/infer", {"inputs": []})
+        assert status == 503
+
+
+def test_missing_base_python_of_a_venv_pack_archive_is_reported(env_tarball, tmp_path):
+    """A venv-pack archive links to its base Python; if that is absent here, the error says so."""
+    import tarfile
+
+    broken = str(tmp_path / "moved.tar.gz")
+    with tarfile.open(env_tarball) as src, tarfile.open(broken, "w:gz") as dst:
+        for member in src.getmembers():
+            if member.issym() and member.linkname.startswith("/"):
+                member.linkname = "/nonexistent/python/bin/python3"
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    models = str(tmp_path / "models")
+    folder = write_model(
+        models,
+        "moved",
+        {"implementation": "models.Plural", "parameters": {"environment_tarball": "env.tgz"}},
+        PLURAL,
+    )
+    shutil.move(broken, os.path.join(folder, "env.tgz"))
+    with Daemon(models, "--envs-dir", str(tmp_path / "envs"), grpc=False) as d:
+        states = wait_settled(d, ["moved"])
+        reason = states["moved"]["reason"]
+        assert states["moved"]["state"] == "UNAVAILABLE"
+        assert "/nonexistent/python/bin/python3" in reason
+        assert "conda-pack" in reason
