@@ -29,7 +29,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 def _serve(server: socketserver.BaseServer) -> Iterator[None]:
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield

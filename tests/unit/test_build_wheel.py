@@ -92,3 +92,26 @@ def test_pip_installs_it(wheel, tmp_path):
     ).stdout.split()
     assert out[0].startswith(target)
     assert out[1] == v2d.__version__
+
+
+def test_files_only_the_installed_copy_has_are_added(tmp_path, monkeypatch):
+    """v2d imported from a checkout lacking install-time generated files: they come from site-packages."""
+    site = tmp_path / "site"
+    generated = site / "v2d" / "_generated_only_when_installed.py"
+    generated.parent.mkdir(parents=True)
+    generated.write_text("X = 1\n")
+    (site / "v2d" / "__init__.py").write_text("")
+    dist_info = site / f"v2d-{v2d.__version__}.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: v2d\nVersion: {v2d.__version__}\n")
+    (dist_info / "RECORD").write_text(
+        "v2d/__init__.py,,\nv2d/_generated_only_when_installed.py,,\nv2d/__pycache__/x.cpython-311.pyc,,\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    from v2d.build._wheel import v2d_package_files
+
+    files = dict(v2d_package_files())
+    assert files["v2d/_generated_only_when_installed.py"] == str(generated)
+    # the imported copy wins for files both have
+    assert files["v2d/__init__.py"] == v2d.__file__
+    assert not any("__pycache__" in name for name in files)

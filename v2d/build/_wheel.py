@@ -56,8 +56,31 @@ def _plugin_file(package_dir: str) -> str:
     raise WheelError("cannot find twisted/plugins/v2d_plugin.py of the running v2d; reinstall v2d")
 
 
+def _installed_files() -> List[Tuple[str, str]]:
+    """(path, file on disk) of the installed distribution's v2d package files, if any."""
+    try:
+        dist = metadata.distribution("v2d")
+    except metadata.PackageNotFoundError:
+        return []
+    if dist.version != __version__:
+        return []
+    out = []
+    for item in dist.files or []:
+        rel = str(item).replace(os.sep, "/")
+        if rel.startswith("v2d/") and "/__pycache__/" not in rel and not rel.endswith(_SKIP_SUFFIXES):
+            located = str(dist.locate_file(item))
+            if os.path.isfile(located):
+                out.append((rel, located))
+    return out
+
+
 def v2d_package_files() -> List[Tuple[str, str]]:
-    """(path in the wheel, file on disk) for every file of the running v2d."""
+    """
+    (path in the wheel, file on disk) for every file of the running v2d: the imported
+    package's files, plus any file the installed distribution of the same version has
+    and the imported copy lacks (files generated at install time, when v2d is imported
+    from a source checkout).
+    """
     package_dir = os.path.dirname(os.path.abspath(v2d.__file__))
     files: List[Tuple[str, str]] = []
     for current, dirs, names in os.walk(package_dir):
@@ -70,6 +93,8 @@ def v2d_package_files() -> List[Tuple[str, str]]:
             full = os.path.join(current, name)
             rel = os.path.relpath(full, os.path.dirname(package_dir)).replace(os.sep, "/")
             files.append((rel, full))
+    present = {rel for rel, _ in files}
+    files += sorted(item for item in _installed_files() if item[0] not in present)
     files.append(("twisted/plugins/v2d_plugin.py", _plugin_file(package_dir)))
     return files
 
