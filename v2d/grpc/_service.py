@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Optional
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
 from v2d.aio import as_future
@@ -59,6 +60,8 @@ def _unary(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def handler(self: Any, request: Any, context: Any) -> Any:
         try:
+            if isinstance(request, Undecodable):
+                raise request.error()
             return await fn(self, request, context)
         except V2DError as e:
             await context.abort(status_of(e), e.message)
@@ -69,6 +72,29 @@ def _unary(fn: Callable[..., Any]) -> Callable[..., Any]:
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
 
     return handler
+
+
+class Undecodable:
+    """A request message that failed to parse (answered with INVALID_ARGUMENT, not UNKNOWN)."""
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        self.type_name = type_name
+        self.reason = reason
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(f"request is not a valid {self.type_name} message: {self.reason}")
+
+
+def _deserializer(cls: Any) -> Callable[[bytes], Any]:
+    type_name = cls.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as e:
+            return Undecodable(type_name, str(e))
+
+    return parse
 
 
 def attach_headers(payload: InferenceRequest, headers: HeaderDict) -> None:
@@ -161,6 +187,8 @@ class InferenceServicer:
         state = {"raw": True}
         model = None
         try:
+            if isinstance(first, Undecodable):
+                raise first.error()
             name, version = first.model_name, first.model_version or None
             if not name:
                 raise InvalidArgument("model_name is required")
@@ -170,6 +198,8 @@ class InferenceServicer:
                 message = first
                 index = 0
                 while message is not None:
+                    if isinstance(message, Undecodable):
+                        raise message.error()
                     if message.model_name != name or (message.model_version or None) != version:
                         raise InvalidArgument(
                             f"stream request {index} names model '{message.model_name}'; "
@@ -256,7 +286,7 @@ class InferenceServicer:
                 make = grpc.unary_unary_rpc_method_handler
             handlers[method.name] = make(
                 fn,
-                request_deserializer=request_cls.FromString,
+                request_deserializer=_deserializer(request_cls),
                 response_serializer=response_cls.SerializeToString,
             )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -1,0 +1,246 @@
+"""Protobuf <-> v2d.types conversion (v2d.grpc._convert): no server, no reactor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from v2d.errors import Internal, InvalidArgument
+from v2d.grpc._convert import (
+    decode_infer_request,
+    decode_parameters,
+    encode_infer_response,
+    metadata_headers,
+    response_metadata,
+)
+from v2d.grpc._messages import pb
+from v2d.tensors import pack_bytes
+from v2d.types import DATATYPES, InferenceResponse, Parameters, ResponseOutput
+
+NUMERIC = [d for d, dtype in DATATYPES.items() if dtype is not None]
+
+
+def sample(datatype, n=6):
+    """Values that use each type's extremes (NaN and infinities for floats)."""
+    dtype = DATATYPES[datatype]
+    if dtype.kind == "b":
+        return np.array([True, False, True, True, False, False][:n])
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.array([info.min, info.max, 0, 1, info.max - 1, info.min + 1][:n], dtype=dtype)
+    info = np.finfo(dtype)
+    return np.array([np.nan, np.inf, -np.inf, info.max, info.tiny, -0.0][:n], dtype=dtype)
+
+
+def raw_request(*tensors, model="m"):
+    message = pb.ModelInferRequest(model_name=model)
+    for name, datatype, shape, raw in tensors:
+        message.inputs.add(name=name, datatype=datatype, shape=shape)
+        message.raw_input_contents.append(raw)
+    return message
+
+
+@pytest.mark.parametrize("datatype", NUMERIC)
+def test_raw_inputs_are_bit_exact(datatype):
+    values = sample(datatype).reshape(2, 3)
+    name, version, request, raw = decode_infer_request(raw_request(("x", datatype, [2, 3], values.tobytes())))
+    assert (name, version, raw) == ("m", None, True)
+    got = request.inputs[0].data
+    assert got.dtype == DATATYPES[datatype] and got.shape == (2, 3)
+    assert got.tobytes() == values.tobytes()
+
+
+def test_raw_bytes_input():
+    items = [b"", b"\x00\xff", "é".encode()]
+    _, _, request, _ = decode_infer_request(raw_request(("s", "BYTES", [3], pack_bytes(items))))
+    assert request.inputs[0].data == items
+
+
+@pytest.mark.parametrize("datatype", [d for d in NUMERIC if d != "FP16"])
+def test_typed_inputs_are_bit_exact(datatype):
+    from v2d.grpc._convert import TYPED_FIELD
+
+    values = sample(datatype)
+    message = pb.ModelInferRequest(model_name="m")
+    tensor = message.inputs.add(name="x", datatype=datatype, shape=[6])
+    getattr(tensor.contents, TYPED_FIELD[datatype]).extend(values.tolist())
+    _, _, request, raw = decode_infer_request(message)
+    assert raw is False
+    assert request.inputs[0].data.tobytes() == values.tobytes()
+
+
+def test_typed_bytes_input():
+    message = pb.ModelInferRequest(model_name="m")
+    message.inputs.add(name="s", datatype="BYTES", shape=[2]).contents.bytes_contents.extend([b"a", b"\xff"])
+    assert decode_infer_request(message)[2].inputs[0].data == [b"a", b"\xff"]
+
+
+def error_of(message):
+    with pytest.raises(InvalidArgument) as info:
+        decode_infer_request(message)
+    return str(info.value)
+
+
+def test_mixing_raw_and_typed_is_refused():
+    message = raw_request(("a", "INT32", [1], b"\x01\x00\x00\x00"), ("b", "INT32", [1], b"\x02\x00\x00\x00"))
+    message.inputs[1].contents.int_contents.append(2)
+    assert "inputs[1] ('b').contents must not be set" in error_of(message)
+
+
+@pytest.mark.parametrize(
+    "build, expected",
+    [
+        (lambda m: None, "model_name is required"),
+        (lambda m: m.inputs.add(name="", datatype="FP32", shape=[1]), "inputs[0].name is required"),
+        (
+            lambda m: m.inputs.add(name="x", datatype="FP8", shape=[1]),
+            "inputs[0] ('x').datatype: unknown datatype",
+        ),
+        (lambda m: m.inputs.add(name="x", datatype="FP32", shape=[-1]), "inputs[0] ('x').shape"),
+        (lambda m: m.inputs.add(name="x", datatype="FP32", shape=[2]), "inputs[0] ('x'): no data"),
+        (
+            lambda m: m.inputs.add(name="x", datatype="FP16", shape=[1]).contents.fp32_contents.append(1),
+            "FP16 has no typed contents",
+        ),
+        (
+            lambda m: m.inputs.add(name="x", datatype="FP32", shape=[1]).contents.int_contents.append(1),
+            "contents.int_contents given for datatype FP32",
+        ),
+        (
+            lambda m: m.inputs.add(name="x", datatype="INT8", shape=[1]).contents.int_contents.append(300),
+            "out of range for datatype INT8",
+        ),
+        (
+            lambda m: m.inputs.add(name="x", datatype="INT32", shape=[3]).contents.int_contents.extend(
+                [1, 2]
+            ),
+            "has 2 elements but shape [3] needs 3",
+        ),
+        (lambda m: m.outputs.add(name=""), "outputs[0].name is required"),
+    ],
+)
+def test_bad_requests_name_the_field(build, expected):
+    message = pb.ModelInferRequest(model_name="m")
+    if expected == "model_name is required":
+        message.model_name = ""
+    build(message)
+    assert expected in error_of(message)
+
+
+def test_raw_count_and_size_mismatches():
+    message = raw_request(("a", "FP32", [2], b"\x00" * 8))
+    message.inputs.add(name="b", datatype="FP32", shape=[1])
+    assert "raw_input_contents has 1 entries but there are 2 inputs" in error_of(message)
+    assert "raw_input_contents[0]: raw data has 4 bytes" in error_of(
+        raw_request(("a", "FP32", [2], b"\x00" * 4))
+    )
+    assert "raw_input_contents[0]" in error_of(raw_request(("s", "BYTES", [1], b"\x09\x00\x00\x00ab")))
+
+
+def test_all_parameter_kinds_decode():
+    message = pb.ModelInferRequest(model_name="m", id="r1")
+    message.parameters["b"].bool_param = True
+    message.parameters["i"].int64_param = -(2**63)
+    message.parameters["u"].uint64_param = 2**64 - 1
+    message.parameters["d"].double_param = 0.1
+    message.parameters["s"].string_param = "text"
+    message.parameters["unset"].SetInParent()
+    tensor = message.inputs.add(name="x", datatype="INT32", shape=[1])
+    tensor.contents.int_contents.append(5)
+    tensor.parameters["content_type"].string_param = "np"
+    message.outputs.add(name="y").parameters["binary_data"].bool_param = False
+    _, _, request, _ = decode_infer_request(message)
+    assert request.id == "r1"
+    assert request.parameters.to_dict() == {"b": True, "i": -(2**63), "u": 2**64 - 1, "d": 0.1, "s": "text"}
+    assert request.inputs[0].parameters.content_type == "np"
+    assert request.outputs[0].name == "y" and request.outputs[0].parameters.get("binary_data") is False
+    assert decode_parameters(message.parameters)["d"] == 0.1
+
+
+def test_a_headers_parameter_is_refused():
+    message = pb.ModelInferRequest(model_name="m")
+    message.parameters["headers"].string_param = "x"
+    assert "parameters['headers'] is reserved" in error_of(message)
+
+
+def test_all_parameter_kinds_encode():
+    response = InferenceResponse(
+        model_name="m",
+        model_version="2",
+        id="r1",
+        parameters=Parameters(
+            headers={"x-a": "1"}, b=True, i=-5, big=2**64 - 1, d=2.5, s="t", np_int=np.int32(3), lst=[1, 2]
+        ),
+        outputs=[ResponseOutput("y", [1], "INT32", np.array([7], np.int32), Parameters(content_type="np"))],
+    )
+    message = encode_infer_response(response, raw=False)
+    params = {
+        k: (v.WhichOneof("parameter_choice"), getattr(v, v.WhichOneof("parameter_choice")))
+        for k, v in message.parameters.items()
+    }
+    assert params == {
+        "b": ("bool_param", True),
+        "i": ("int64_param", -5),
+        "big": ("uint64_param", 2**64 - 1),
+        "d": ("double_param", 2.5),
+        "s": ("string_param", "t"),
+        "np_int": ("int64_param", 3),
+        "lst": ("string_param", "[1, 2]"),
+    }
+    assert (message.model_name, message.model_version, message.id) == ("m", "2", "r1")
+    assert message.outputs[0].parameters["content_type"].string_param == "np"
+
+
+@pytest.mark.parametrize("datatype", NUMERIC)
+def test_raw_outputs_are_bit_exact(datatype):
+    values = sample(datatype).reshape(3, 2)
+    response = InferenceResponse("m", outputs=[ResponseOutput("y", [3, 2], datatype, values)])
+    message = encode_infer_response(response, raw=True)
+    assert list(message.outputs[0].shape) == [3, 2]
+    assert message.raw_output_contents[0] == values.tobytes()
+    assert not message.outputs[0].HasField("contents")
+
+
+def test_typed_outputs_unless_fp16():
+    response = InferenceResponse(
+        "m",
+        outputs=[
+            ResponseOutput("a", [2], "INT16", np.array([-3, 4], np.int16)),
+            ResponseOutput("s", [2], "BYTES", ["é", b"\xff"]),
+        ],
+    )
+    message = encode_infer_response(response, raw=False)
+    assert list(message.outputs[0].contents.int_contents) == [-3, 4]
+    assert list(message.outputs[1].contents.bytes_contents) == ["é".encode(), b"\xff"]
+    assert len(message.raw_output_contents) == 0
+    response.outputs.append(ResponseOutput("h", [1], "FP16", np.array([1.5], np.float16)))
+    message = encode_infer_response(response, raw=False)
+    assert len(message.raw_output_contents) == 3
+    assert message.raw_output_contents[1] == pack_bytes(["é", b"\xff"])
+    assert not any(o.HasField("contents") for o in message.outputs)
+
+
+def test_output_shape_mismatch_is_internal():
+    response = InferenceResponse("m", outputs=[ResponseOutput("y", [3], "FP32", np.zeros(2, np.float32))])
+    with pytest.raises(Internal, match="output 'y' with 2 elements for shape"):
+        encode_infer_response(response, raw=True)
+
+
+def test_metadata_to_headers_and_back():
+    headers = metadata_headers(
+        [
+            ("X-Request-Id", "a"),
+            ("x-multi", "1"),
+            ("x-multi", "2"),
+            ("bin-bin", b"\x00\xff"),
+            ("te", "trailers"),
+        ]
+    )
+    assert headers["x-request-id"] == "a" and headers["X-Request-ID"] == "a"
+    assert headers["x-multi"] == "1, 2"
+    assert headers["bin-bin"] == "\x00\xff"
+    assert "te" not in headers
+    assert response_metadata({"X-Out": 5, "grpc-status": "0", "data-bin": b"\x01", "content-type": "x"}) == [
+        ("x-out", "5"),
+        ("data-bin", b"\x01"),
+    ]
