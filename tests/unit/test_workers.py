@@ -30,7 +30,9 @@ from v2d.workers._wire import WIRE_VERSION, FrameDecoder, encode_json, encode_me
 class FakeProcess:
     """The transport of a spawned child: records writes, closed fds and signals."""
 
-    def __init__(self, reactor: "FakeProcessReactor", protocol: Any, args: List[str], kw: Dict[str, Any]) -> None:
+    def __init__(
+        self, reactor: "FakeProcessReactor", protocol: Any, args: List[str], kw: Dict[str, Any]
+    ) -> None:
         self.reactor = reactor
         self.protocol = protocol
         self.args = args
@@ -60,7 +62,8 @@ class FakeProcess:
         self.protocol.childDataReceived(CHILD_OUT, b"".join(bytes(c) for c in encode_message(obj)))
 
     def hello(self, **changes: Any) -> None:
-        self.protocol.childDataReceived(CHILD_OUT, encode_json({**describe(WIRE_VERSION, __version__), **changes}))
+        hello = {**describe(WIRE_VERSION, __version__), **changes}
+        self.protocol.childDataReceived(CHILD_OUT, encode_json(hello))
 
     def last(self, op: str) -> Any:
         return [m for m in self.messages if isinstance(m, tuple) and m[0] == op][-1]
@@ -188,7 +191,8 @@ def test_child_that_dies_while_starting_reports_its_last_words(pool, reactor, tm
     model = _model(pool, tmp_path)
     loaded = _result(model.load())
     process = reactor.processes[0]
-    process.protocol.childDataReceived(2, b"Traceback (most recent call last):\nImportError: no module named x\n")
+    process.protocol.childDataReceived(2, b"Traceback (most recent call last):\n")
+    process.protocol.childDataReceived(2, b"ImportError: no module named x\n")
     process.end(1)
     assert loaded[0].check(Unavailable)
     assert "exited with code 1 while starting" in str(loaded[0].value)
@@ -212,7 +216,7 @@ def test_requests_go_to_the_least_busy_worker(pool, reactor, tmp_path):
     first = model.predict(InferenceRequest(id="a"))
     second = model.predict(InferenceRequest(id="b"))
     third = model.predict(InferenceRequest(id="c"))
-    busy = [len([m for m in p.messages if isinstance(m, tuple) and m[0] == "predict"]) for p in reactor.processes]
+    busy = [sum(1 for m in p.messages if m[0] == "predict") for p in reactor.processes]
     assert busy == [1, 1, 1]
     p0 = reactor.processes[0]
     _, rid, payload = p0.last("predict")
