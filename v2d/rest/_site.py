@@ -28,9 +28,6 @@ class V2DRequest(Request):
 
     too_large = False
     _received = 0
-    # v2d never reads HTML form posts; Twisted's check parses Content-Type through
-    # the email package on every POST, which is a large share of a small request.
-    _parsePOSTFormSubmission = False
 
     def _limit(self) -> int:
         return getattr(getattr(self.channel, "site", None), "max_body_size", 0) or 0
@@ -81,5 +78,8 @@ def make_site(resource: IResource, max_body_size: int, access_log: bool = False,
     site.max_body_size = max_body_size
     site.access_log = access_log
     site.displayTracebacks = False
+    # v2d never reads HTML form posts; Twisted's check for them parses Content-Type
+    # through the email package on every POST, a large share of a small request.
+    site._parsePOSTFormSubmission = False
     site.noisy = False
     return site
