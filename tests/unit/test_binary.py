@@ -153,8 +153,9 @@ from v2d.types import InferenceResponse, ResponseOutput
 
 class Echo(MLModel):
     def predict(self, payload):
-        return InferenceResponse(model_name=self.name, outputs=[
-            ResponseOutput(name=i.name, shape=i.shape, datatype=i.datatype, data=i.data) for i in payload.inputs])
+        outputs = [ResponseOutput(name=i.name, shape=i.shape, datatype=i.datatype, data=i.data)
+                   for i in payload.inputs]
+        return InferenceResponse(model_name=self.name, outputs=outputs)
 
 class Words(MLModel):
     async def predict_stream(self, payloads):
