@@ -12,6 +12,7 @@ from v2d.dataplane import DataPlane
 from v2d.registry import ModelRegistry
 from v2d.repository import ModelRepository
 from v2d.rest import RestAPI
+from v2d.rest._router import RootResource
 from v2d.wrappers import LocalModelFactory
 
 RUNTIME = """
@@ -43,7 +44,8 @@ def api(tmp_path):
     registry = ModelRegistry(factory_for=lambda settings: LocalModelFactory())
     dataplane = DataPlane(registry=registry, repository=repository)
     dataplane.load_all()
-    return StubTreq(RestAPI(dataplane).app.resource()), dataplane
+    api = RestAPI(dataplane)
+    return StubTreq(RootResource(api, api.app.resource())), dataplane
 
 
 def call(stub, method, path, body=None, headers=None):
@@ -109,3 +111,11 @@ def test_repository_index_and_unload(api):
     assert answer == []
     assert call(stub, "POST", "/v2/repository/models/echo/load", b"")[0] == 200
     assert call(stub, "GET", "/v2/models/echo/ready")[1] == {"name": "echo", "ready": True}
+
+
+def test_versions_and_escaped_names_on_the_direct_route(api):
+    stub, _ = api
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+    assert call(stub, "POST", "/v2/models/%65cho/infer", body)[0] == 200
+    code, answer, _ = call(stub, "POST", "/v2/models/echo/versions/3/infer", body)
+    assert code == 404 and "version '3'" in answer["error"]
