@@ -100,6 +100,16 @@ def decode_json_tensor(datatype: str, shape: Sequence[int], data: Any, field: st
         raise InvalidArgument(
             f"{field}: data is ragged or holds non-numeric values for datatype {datatype}"
         ) from None
+    if dtype.kind == "u" and arr.dtype.kind == "f" and arr.size:
+        # numpy reads a list mixing ints below and above int64's range as float64: retry exactly.
+        exact = np.asarray(data, dtype=object).ravel()
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in exact):
+            try:
+                arr = exact.astype(dtype).reshape(arr.shape)
+            except OverflowError:
+                raise InvalidArgument(
+                    f"{field}: data holds values out of range for datatype {datatype}"
+                ) from None
     kind = arr.dtype.kind
     if arr.size == 0:
         arr = arr.astype(dtype)

@@ -296,3 +296,16 @@ def test_infer_stream_errors(stub):
     assert code == 400 and b"does not implement predict_stream" in content
     code, content, _ = call_on_a_loop(stub, "POST", "/v2/models/words/infer_stream", stream_body(["fail"]))
     assert code == 500 and b"cannot say fail" in content
+
+
+def test_json_uint64_values_above_int64_range_are_exact():
+    # Also the JSON path (no header): numpy alone would read this list as float64.
+    body = json.dumps(
+        {"inputs": [{"name": "u", "datatype": "UINT64", "shape": [3], "data": [0, 2**64 - 1, 1]}]}
+    )
+    assert decode_infer_body(body.encode(), None).inputs[0].data.tolist() == [0, 2**64 - 1, 1]
+    body = json.dumps(
+        {"inputs": [{"name": "u", "datatype": "UINT64", "shape": [2], "data": [-1, 2**64 - 1]}]}
+    )
+    with pytest.raises(InvalidArgument, match="out of range for datatype UINT64"):
+        decode_infer_body(body.encode(), None)
