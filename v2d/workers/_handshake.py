@@ -77,7 +77,7 @@ def summary(side: Dict[str, Any]) -> str:
     """One side of the handshake in words."""
     numpy = side.get("numpy") or "missing"
     return (
-        f"v2d {side.get('v2d', '?')}, wire {side.get('wire', '?')}, "
+        f"v2d {side.get('v2d') or '(not started)'}, wire {side.get('wire') or '-'}, "
         f"Python {side.get('python', '?')} ({side.get('implementation', '?')}), "
         f"pickle protocol {side.get('pickle', '?')}, numpy {numpy}"
     )
