@@ -296,3 +296,68 @@ def test_message_size_limit(dataplane):
         return info.value.code()
 
     assert serve(dataplane, test, grpc_max_message_size=4096) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def self_signed(tmp_path):
+    """A certificate and key for 127.0.0.1/localhost, written as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_tls(dataplane, tmp_path):
+    cert, key = self_signed(tmp_path)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await as_future(dataplane.load_all(), loop)
+        settings = Settings(grpc="127.0.0.1:0", grpc_tls_cert=cert, grpc_tls_key=key)
+        server = GRPCServer(dataplane, settings, LoopReactor(loop))
+        await as_future(server.start(), loop)
+        try:
+            with open(cert, "rb") as f:
+                credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            async with grpc.aio.secure_channel(f"localhost:{server.port}", credentials) as channel:
+                live = method(channel, "ServerLive", pb.ServerLiveRequest, pb.ServerLiveResponse)
+                secure = (await live(pb.ServerLiveRequest())).live
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                live = method(channel, "ServerLive", pb.ServerLiveRequest, pb.ServerLiveResponse)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await live(pb.ServerLiveRequest(), timeout=5)
+            return secure, info.value.code()
+        finally:
+            await as_future(server.stop(1.0), loop)
+
+    assert asyncio.run(main()) == (True, grpc.StatusCode.UNAVAILABLE)
