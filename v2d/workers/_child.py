@@ -207,6 +207,11 @@ def _v2d_unavailable() -> type:
     return Unavailable
 
 
+def _finish(done: asyncio.Future) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
 def _reader(stream: Any, loop: asyncio.AbstractEventLoop, server: ChildServer, done: asyncio.Future) -> None:
     """Read messages until the input closes; hand each to the loop."""
     try:
@@ -219,7 +224,7 @@ def _reader(stream: Any, loop: asyncio.AbstractEventLoop, server: ChildServer, d
         traceback.print_exc()
     finally:
         try:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+            loop.call_soon_threadsafe(_finish, done)
         except RuntimeError:  # the loop is already closed
             pass
         timer = threading.Timer(EXIT_GRACE, os._exit, (0,))

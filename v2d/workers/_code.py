@@ -57,7 +57,7 @@ def child_code_zip(cache_dir: str) -> str:
     os.makedirs(cache_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-v2d-", suffix=".zip")
     try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
             for path, arcname in sources:
                 zf.write(path, arcname.replace(os.sep, "/"))
             zf.writestr(f"{MODULE}.py", SOURCE)

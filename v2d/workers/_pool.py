@@ -197,7 +197,8 @@ class Worker:
             d.callback(info)
 
     def _load_failed(self, failure: Failure) -> None:
-        self._fail_startup(failure.value)
+        exc = failure.value
+        self._fail_startup(exc if isinstance(exc, Exception) else Unavailable(str(exc)))
         self.close_input()
 
     # -- the wire ----------------------------------------------------------------
@@ -440,7 +441,8 @@ class WorkerModel:
             return self.ready
 
         def failed(failure: Failure) -> Failure:
-            return failure.value.subFailure if hasattr(failure.value, "subFailure") else failure
+            first = getattr(failure.value, "subFailure", None)
+            return first if isinstance(first, Failure) else failure
 
         started = gatherResults([w.start() for w in self.workers], consumeErrors=True)
         return started.addCallbacks(loaded, failed)
@@ -536,7 +538,9 @@ class WorkerModelFactory:
             self.pool.ensure_code()
             return WorkerModel(self.pool, settings, self.count, environment)
 
-        return self.pool.run_blocking(prepare)
+        run = self.pool.run_blocking
+        assert run is not None
+        return run(prepare)
 
 
 def _thread_runner(reactor: Any) -> Callable[[Callable[[], Any]], Deferred]:
