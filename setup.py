@@ -50,6 +50,7 @@ setup(
             "pytest>=8.0",
             "treq>=23.11.0",
             "tritonclient[http,grpc]>=2.41",
+            "grpcio-tools>=1.66.0",
             "venv-pack>=0.2.0",
             "pandas>=2.0",
         ],

@@ -56,8 +56,13 @@ HOP_BY_HOP = frozenset(
         "upgrade",
         "content-length",
         "host",
+        # framing of the binary tensor extension, not the caller's
+        "inference-header-content-length",
     }
 )
+
+#: Headers a model may not set on a response: the server frames the body.
+RESERVED_RESPONSE_HEADERS = HOP_BY_HOP | {"content-type"}
 
 _JSON = b"application/json"
 log = Logger()
@@ -149,11 +154,11 @@ def take_response_headers(response: InferenceResponse) -> Optional[Dict[str, str
 
 
 def send_headers(request: Any, headers: Optional[Dict[str, Any]]) -> None:
-    """Set a model's response headers on the HTTP response (hop-by-hop ones dropped)."""
+    """Set a model's response headers on the HTTP response (hop-by-hop and framing ones dropped)."""
     if not headers:
         return
     for name, value in headers.items():
-        if name.lower() in HOP_BY_HOP:
+        if name.lower() in RESERVED_RESPONSE_HEADERS:
             continue
         request.setHeader(str(name).encode("latin-1"), str(value).encode("latin-1"))
 
@@ -355,7 +360,7 @@ class RestAPI:
 
     @app.handle_errors(HTTPException)
     def http_error(self, request: Any, failure: Failure) -> bytes:
-        exc = failure.value
+        exc: Any = failure.value
         request.setResponseCode(exc.code or 500)
         request.setHeader(b"content-type", _JSON)
         if exc.code == 404:
