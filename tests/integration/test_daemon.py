@@ -67,7 +67,8 @@ class Headers(MLModel):
         return InferenceResponse(
             model_name=self.name,
             outputs=[ResponseOutput(name="seen", shape=[1], datatype="BYTES", data=[h.get("X-Tenant", "")])],
-            parameters=Parameters(headers={"X-Model-Says": "hello", "X-Echo-Tenant": h["x-tenant"]}),
+            parameters=Parameters(headers={"X-Model-Says": "hello", "X-Echo-Tenant": h["x-tenant"],
+                                           "Content-Type": "text/html", "Connection": "upgrade"}),
         )
 """
 
@@ -228,6 +229,9 @@ def test_headers_both_ways(daemon):
     assert body["outputs"][0]["data"] == ["acme"]
     assert headers["X-Model-Says"] == "hello"
     assert headers["X-Echo-Tenant"] == "acme"
+    # The server frames the body: a model cannot change its type or the connection.
+    assert headers["Content-Type"] == "application/json"
+    assert headers.get("Connection") != "upgrade"
     assert "parameters" not in body or "headers" not in body.get("parameters", {})
 
 
