@@ -14,16 +14,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import ssl
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from tests.support.daemon import http_json, package_root
+from tests.docker.images import Container, build_args, v2d_build
+from tests.support.daemon import http_json
 from tests.support.docker_engine import base_image, docker_client, docker_host
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.slow]
@@ -68,17 +66,6 @@ MODEL_SETTINGS = {
 INFER_BODY = {"inputs": [{"name": "n", "shape": [2], "datatype": "INT64", "data": [1234567, 42]}]}
 
 
-def host_ca_bundle() -> Optional[str]:
-    """The CA bundle this machine trusts (pip inside the build needs it behind a TLS proxy)."""
-    candidates = [
-        os.environ.get("PIP_CERT"),
-        os.environ.get("SSL_CERT_FILE"),
-        ssl.get_default_verify_paths().cafile,
-        "/etc/ssl/certs/ca-certificates.crt",
-    ]
-    return next((c for c in candidates if c and os.path.isfile(c)), None)
-
-
 def write_runtime(folder: str, requirements: str = EXTRA_PACKAGE + "\n") -> str:
     os.makedirs(folder)
     with open(os.path.join(folder, "model-settings.json"), "w") as f:
@@ -90,27 +77,6 @@ def write_runtime(folder: str, requirements: str = EXTRA_PACKAGE + "\n") -> str:
     with open(os.path.join(folder, "settings.json"), "w") as f:
         json.dump({"server_name": "embedded-name", "grpc": "none"}, f)
     return folder
-
-
-def v2d_build(args: List[str], host: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run the v2d-build command of the v2d under test."""
-    env = dict(os.environ, DOCKER_HOST=host, PYTHONPATH=package_root())
-    return subprocess.run(
-        [sys.executable, "-m", "v2d.build", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def build_args(base: str) -> List[str]:
-    args = ["--base-image", base]
-    cert = host_ca_bundle()
-    if cert:
-        args += ["--pip-cert", cert]
-    return args
 
 
 @pytest.fixture(scope="module")
@@ -134,43 +100,6 @@ def image(engine, base, tmp_path_factory) -> Iterator[str]:
     assert f"built {tag}" in result.stdout
     yield tag
     engine.images.remove(tag, force=True)
-
-
-class Container:
-    """One running container of the image, its REST port published on 127.0.0.1."""
-
-    def __init__(self, engine: Any, tag: str, env: Optional[Dict[str, str]] = None, **options: Any) -> None:
-        self.container = engine.containers.run(
-            tag,
-            detach=True,
-            user="12345:0",
-            environment=env or {},
-            ports={"8080/tcp": ("127.0.0.1", None)},
-            **options,
-        )
-        self.container.reload()
-        self.port = int(self.container.ports["8080/tcp"][0]["HostPort"])
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def logs(self) -> str:
-        return self.container.logs().decode("utf-8", "replace")
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.container.reload()
-            if self.container.status == "exited":
-                pytest.fail(f"the container exited:\n{self.logs()}")
-            try:
-                if http_json("GET", self.url + "/v2/health/ready", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"the server was not ready within {timeout}s:\n{self.logs()}")
-
-    def remove(self) -> None:
-        self.container.remove(force=True)
 
 
 @pytest.fixture
