@@ -174,7 +174,10 @@ class Daemon:
         raise TimeoutError(f"v2d did not start within {timeout}s:\n{self.log()}")
 
     def _all_settled(self, index: Iterable[Dict[str, Any]]) -> bool:
-        return all(e.get("state") in ("READY", "UNAVAILABLE") for e in index)
+        # "not loaded" entries come from discovery before the start-up load has begun.
+        return all(
+            e.get("state") in ("READY", "UNAVAILABLE") and e.get("reason") != "not loaded" for e in index
+        )
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, wait; returns the exit code (KILLs and raises if it hangs)."""
