@@ -53,7 +53,7 @@ def build_args(base: str) -> List[str]:
 
 
 class Container:
-    """One running container of the image, its REST port published on 127.0.0.1."""
+    """One running container of the image, its REST and gRPC ports published on 127.0.0.1."""
 
     def __init__(self, engine: Any, tag: str, env: Optional[Dict[str, str]] = None, **options: Any) -> None:
         self.container = engine.containers.run(
@@ -61,12 +61,13 @@ class Container:
             detach=True,
             user="12345:0",
             environment=env or {},
-            ports={"8080/tcp": ("127.0.0.1", None)},
+            ports={"8080/tcp": ("127.0.0.1", None), "8081/tcp": ("127.0.0.1", None)},
             **options,
         )
         self.container.reload()
         self.port = int(self.container.ports["8080/tcp"][0]["HostPort"])
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_address = f"127.0.0.1:{self.container.ports['8081/tcp'][0]['HostPort']}"
 
     def logs(self) -> str:
         return self.container.logs().decode("utf-8", "replace")

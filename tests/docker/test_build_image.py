@@ -75,7 +75,7 @@ def write_runtime(folder: str, requirements: str = EXTRA_PACKAGE + "\n") -> str:
     with open(os.path.join(folder, "requirements.txt"), "w") as f:
         f.write(requirements)
     with open(os.path.join(folder, "settings.json"), "w") as f:
-        json.dump({"server_name": "embedded-name", "grpc": "none"}, f)
+        json.dump({"server_name": "embedded-name", "workers": 0}, f)
     return folder
 
 
@@ -138,6 +138,18 @@ def test_inference_as_an_arbitrary_uid(container):
     argv = out.split(b"\0")
     assert b"/opt/v2d/venv/bin/twistd" in argv[:2] and b"v2d" in argv, argv
     assert "model greeter ready" in c.container.logs(stdout=True, stderr=False).decode()
+
+
+def test_grpc_port_serves(container):
+    grpc_client = pytest.importorskip("tritonclient.grpc")
+    c = container()
+    client = grpc_client.InferenceServerClient(c.grpc_address)
+    try:
+        assert client.is_server_ready()
+        assert client.is_model_ready("greeter")
+        assert client.get_server_metadata().name == "embedded-name"
+    finally:
+        client.close()
 
 
 def test_environment_variables_override_embedded_settings(container):

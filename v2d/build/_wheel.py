@@ -131,8 +131,8 @@ def _metadata_text() -> Tuple[str, Optional[str]]:
         requires = list(dist.requires or [])
         extras = list(dist.metadata.get_all("Provides-Extra") or [])
         entry_points = dist.read_text("entry_points.txt")
-        summary = dist.metadata.get("Summary") or summary
-        requires_python = dist.metadata.get("Requires-Python")
+        summary = (dist.metadata.get_all("Summary") or [summary])[0]
+        requires_python = (dist.metadata.get_all("Requires-Python") or [None])[0]
     if requires is None:
         checkout = os.path.dirname(os.path.dirname(os.path.abspath(v2d.__file__)))
         requires = _setup_py_requirements(os.path.join(checkout, "setup.py"))
