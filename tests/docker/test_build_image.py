@@ -189,10 +189,11 @@ def test_health_check_and_graceful_sigterm(container):
     assert "Server Shut Down" in logs, logs
 
 
-def test_a_failing_build_step_shows_the_log_tail(engine, base, tmp_path):
+@pytest.mark.parametrize("builder", ["auto", "classic"])
+def test_a_failing_build_step_shows_the_log_tail(engine, base, tmp_path, builder):
     folder = write_runtime(str(tmp_path / "broken"), requirements="v2d-test-no-such-package==0.0.1\n")
     tag = f"v2d-test-broken:{uuid.uuid4().hex[:8]}"
-    result = v2d_build([folder, "-t", tag, *build_args(base)], docker_host())
+    result = v2d_build([folder, "-t", tag, "--builder", builder, *build_args(base)], docker_host())
     assert result.returncode == 1
     assert "v2d-build: error: the image build failed" in result.stderr
     error = result.stderr[result.stderr.index("v2d-build: error:") :]

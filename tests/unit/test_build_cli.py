@@ -88,3 +88,9 @@ def test_failed_build_message_shows_step_and_tail():
 )
 def test_failed_step_from_either_builder_log(lines, step):
     assert _failed_step(lines) == step
+
+
+def test_build_log_lines_lose_colour_codes_and_blanks():
+    from v2d.build._engine import _log_lines
+
+    assert _log_lines("\x1b[91mERROR: no\n\x1b[0m\n\n ---> x\n") == ["ERROR: no", " ---> x"]

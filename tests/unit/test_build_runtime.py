@@ -95,7 +95,7 @@ def test_bad_model_settings(tmp_path, settings, message):
 def test_same_model_twice(tmp_path):
     model(tmp_path / "a", "dup")
     model(tmp_path / "b", "dup")
-    with pytest.raises(RuntimeFolderError, match="model 'dup' version 'None' is also defined in a/"):
+    with pytest.raises(RuntimeFolderError, match=r"model 'dup' \(no version\) is also defined in a/"):
         scan_runtime(str(tmp_path))
 
 

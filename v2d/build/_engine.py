@@ -91,9 +91,20 @@ def connect() -> "docker.DockerClient":
 
 
 def _short(error: Exception) -> str:
+    """The gist of a connection error (the SDK wraps it several times)."""
     text = str(error)
-    match = re.search(r"\(([^()]*(?:refused|No such file|Permission denied)[^()]*)\)", text)
-    return match.group(1) if match else text
+    for phrase in ("No such file or directory", "Connection refused", "Permission denied", "timed out"):
+        if phrase.lower() in text.lower():
+            return phrase
+    return text
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _log_lines(text: str) -> List[str]:
+    """Lines of build output worth showing: colour codes dropped, blank lines skipped."""
+    return [line for line in _ANSI.sub("", text).splitlines() if line.strip()]
 
 
 def _version_tuple(text: str) -> Tuple[int, ...]:
@@ -206,7 +217,7 @@ def build_with_classic(
                 if log is not None:
                     log.write(text)
                     log.flush()
-                for line in text.splitlines():
+                for line in _log_lines(text):
                     tail.append(line)
                     if line.startswith("Step "):
                         steps.append(line)
@@ -253,7 +264,9 @@ def build_with_buildkit(
             if log is not None:
                 log.write(line)
                 log.flush()
-            line = line.rstrip("\n")
+            line = _ANSI.sub("", line).rstrip()
+            if not line:
+                continue
             tail.append(line)
             if re.match(r"#\d+ \[[^\]]+\] ", line):
                 steps.append(line)

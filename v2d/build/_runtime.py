@@ -141,9 +141,9 @@ def scan_runtime(path: str) -> RuntimeFolder:
             raise RuntimeFolderError(f"{rel_file}: field 'implementation' is missing")
         key = (settings.name, settings.version)
         if key in seen:
+            version = f"version '{settings.version}'" if settings.version else "(no version)"
             raise RuntimeFolderError(
-                f"{rel_file}: model '{settings.name}' version '{settings.version}'"
-                f" is also defined in {seen[key]}"
+                f"{rel_file}: model '{settings.name}' {version} is also defined in {seen[key]}"
             )
         seen[key] = rel_file
         model_files.append(rel_file)
