@@ -10,6 +10,8 @@ waits for it.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any, List, Optional
 
 from twisted.application.service import Service
@@ -47,8 +49,6 @@ class V2DService(Service):
     log = Logger()
 
     def __init__(self, settings: Settings, reactor: Any, environ: Optional[dict] = None) -> None:
-        import os
-
         self.settings = settings
         self.reactor = reactor
         self.repository = ModelRepository(settings.models, dict(os.environ if environ is None else environ))
@@ -123,8 +123,14 @@ class V2DService(Service):
 
     def _failed_start(self, failure: Any) -> None:
         self.log.failure("v2d failed to start", failure)
+        # twistd always exits 0 once its reactor stops; a daemon that could not start
+        # must exit non-zero so that systemd, Docker or Kubernetes see the failure.
+        # (A listen can fail before the reactor runs: stop it as soon as it does.)
+        self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
         if self.reactor.running:
             self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self) -> Deferred:
         super().stopService()
@@ -146,6 +152,12 @@ class V2DService(Service):
             self.log.info("stopping worker processes")
             yield self.worker_pool.stop()
         self.log.info("stopped")
+
+
+def _exit_failed() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _describe(port: Any) -> str:

@@ -482,3 +482,29 @@ def test_metrics(daemon):
     assert 'model_infer_request_failure_total{kind="INTERNAL",model="fails",version=""}' in text
     assert "model_infer_request_duration_seconds_bucket" in text
     assert "v2d_requests_in_flight" in text
+
+
+def test_a_daemon_that_cannot_listen_exits_non_zero(models):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            twistd_command()
+            + [
+                "-n",
+                "--pidfile=",
+                "v2d",
+                "--models",
+                models,
+                "--grpc",
+                "none",
+                "--rest",
+                f"tcp:{port}:interface=127.0.0.1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert "failed to start" in out.stdout + out.stderr
