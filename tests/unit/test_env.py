@@ -28,7 +28,7 @@ def _add_link(tar: tarfile.TarFile, name: str, target: str, kind: bytes = tarfil
 
 
 def _python_script() -> bytes:
-    return f"#!/bin/sh\nexec {sys.executable} \"$@\"\n".encode()
+    return f'#!/bin/sh\nexec {sys.executable} "$@"\n'.encode()
 
 
 def make_tarball(path, build) -> str:
@@ -142,8 +142,10 @@ def test_conda_pack_fix_up_runs_once_in_place(tmp_path):
     def build(tar):
         _add_file(tar, "conda-meta/history", b"")
         _add_file(tar, "bin/python", _python_script(), 0o755)
-        script = b"import os, sys\nhere = os.path.dirname(os.path.dirname(os.path.abspath(sys.argv[0])))\n" \
-                 b"open(os.path.join(here, 'unpacked-at'), 'a').write(here + '\\n')\n"
+        script = (
+            b"import os, sys\nhere = os.path.dirname(os.path.dirname(os.path.abspath(sys.argv[0])))\n"
+            b"open(os.path.join(here, 'unpacked-at'), 'a').write(here + '\\n')\n"
+        )
         _add_file(tar, "bin/conda-unpack", script, 0o755)
 
     tarball = make_tarball(tmp_path / "env.tar.gz", build)

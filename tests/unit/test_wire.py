@@ -24,7 +24,7 @@ def _decode_all(data: bytes, step: int = 0):
     decoder = FrameDecoder(lambda kind, obj: got.append((kind, obj)))
     if step:
         for i in range(0, len(data), step):
-            decoder.feed(data[i:i + step])
+            decoder.feed(data[i : i + step])
     else:
         decoder.feed(data)
     return got
@@ -75,8 +75,10 @@ def test_messages_round_trip_through_the_push_decoder_in_any_chunking():
         parameters=Parameters(headers=HeaderDict({"X-Tenant": "acme"})),
         inputs=[RequestInput(name="x", shape=[2, 3], datatype="FP32", data=np.ones((2, 3), "f4"))],
     )
-    stream = encode_json({"hello": 1}) + _bytes(encode_message(("predict", 7, request))) + _bytes(
-        encode_message(("error", 8, InferenceError("nope")))
+    stream = (
+        encode_json({"hello": 1})
+        + _bytes(encode_message(("predict", 7, request)))
+        + _bytes(encode_message(("error", 8, InferenceError("nope"))))
     )
     for step in (0, 1, 5, 4096):
         got = _decode_all(stream, step)
@@ -134,7 +136,7 @@ def test_shared_memory_carries_big_buffers_and_cleans_up():
     stream = _bytes(chunks)
     assert len(stream) < value.nbytes, "the data went through shared memory"
     assert any(n.startswith(shm.prefix) for n in os.listdir("/dev/shm"))
-    (kind, (op, rid, back)), = _decode_all(stream)
+    ((kind, (op, rid, back)),) = _decode_all(stream)
     np.testing.assert_array_equal(back, value)
     back[0] = 42  # writable, private
     assert not any(n.startswith(shm.prefix + "-") for n in os.listdir("/dev/shm")), "unlinked once taken"

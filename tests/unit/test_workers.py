@@ -163,8 +163,13 @@ def test_handshake_then_load_then_ready(pool, reactor, tmp_path):
     op, rid, settings = process.messages[1]
     assert (op, settings.name) == ("load", "m")
     assert loaded == []
-    process.reply(("loaded", rid, {"ready": True, "metadata": MetadataModelResponse(name="m", platform="p"),
-                                   "streaming": True}))
+    process.reply(
+        (
+            "loaded",
+            rid,
+            {"ready": True, "metadata": MetadataModelResponse(name="m", platform="p"), "streaming": True},
+        )
+    )
     assert loaded == [True]
     assert model.ready and model.streaming
     assert model.metadata().platform == "p"
