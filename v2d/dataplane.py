@@ -106,7 +106,8 @@ class DataPlane:
         if not isinstance(result, InferenceResponse):
             return Failure(
                 Internal(
-                    f"model '{model.name}' predict() returned {type(result).__name__}, not an InferenceResponse"
+                    f"model '{model.name}' predict() returned {type(result).__name__}, "
+                    "not an InferenceResponse"
                 )
             )
         if not result.model_name:
