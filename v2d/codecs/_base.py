@@ -12,6 +12,7 @@ import types
 import typing
 from typing import Any, ClassVar, List, Optional, Type
 
+from v2d.codecs._errors import CodecError
 from v2d.errors import InferenceError
 from v2d.types import (
     InferenceRequest,
@@ -155,6 +156,88 @@ class InputCodec:
     def decode(cls, request_input: RequestInput) -> Any:
         """Deprecated name of ``decode_input``."""
         return cls.decode_input(request_input)
+
+
+class BytesItemCodec(InputCodec):
+    """
+    A codec of BYTES tensors whose items each carry one value (text, base64, ISO
+    date-times). Subclasses say how one item is encoded (``encode_item``, returning its
+    text or None when it cannot) and decoded (``decode_item``); tensors are ``[N, 1]``.
+    """
+
+    ItemType: ClassVar[Any] = object
+    ItemName: ClassVar[str] = "value"
+
+    @classmethod
+    def encode_item(cls, item: Any) -> Optional[str]:
+        """One value as text, or None if this codec cannot encode it."""
+        raise NotImplementedError
+
+    @classmethod
+    def decode_item(cls, item: Any, name: str) -> Any:
+        """One BYTES item (``bytes`` or ``str``) as the value; InferenceError if it is not one."""
+        raise NotImplementedError
+
+    @classmethod
+    def can_encode(cls, payload: Any) -> bool:
+        """Whether ``payload`` is a list of the codec's values."""
+        return is_list_of(payload, cls.ItemType)
+
+    @classmethod
+    def _encode_items(cls, name: str, payload: Any, use_bytes: bool) -> List[Any]:
+        what = f"output '{name}': the '{cls.ContentType}' codec encodes a list of {cls.ItemName}"
+        if not isinstance(payload, (list, tuple)):
+            raise CodecError(f"{what}, got {type(payload).__name__}")
+        out: List[Any] = []
+        for item in payload:
+            text = cls.encode_item(item)
+            if text is None:
+                raise CodecError(f"{what}, got a {type(item).__name__} item")
+            out.append(text.encode("utf-8") if use_bytes else text)
+        return out
+
+    @classmethod
+    def _decode_items(cls, tensor: Any) -> List[Any]:
+        if tensor.datatype != "BYTES":
+            raise InferenceError(
+                f"input '{tensor.name}': the '{cls.ContentType}' content type needs a BYTES tensor, "
+                f"got {tensor.datatype}"
+            )
+        return [cls.decode_item(item, tensor.name) for item in bytes_items(tensor)]
+
+    @classmethod
+    def encode_output(cls, name: str, payload: Any, use_bytes: bool = True, **kwargs: Any) -> ResponseOutput:
+        """A BYTES output of shape ``[N, 1]`` (items as ``str`` if ``use_bytes`` is false)."""
+        data = cls._encode_items(name, payload, use_bytes)
+        return ResponseOutput(
+            name=name,
+            shape=[len(data), 1],
+            datatype="BYTES",
+            data=data,
+            parameters=content_type_parameters(cls.ContentType),
+        )
+
+    @classmethod
+    def decode_output(cls, response_output: ResponseOutput) -> List[Any]:
+        """The output's items, decoded."""
+        return cls._decode_items(response_output)
+
+    @classmethod
+    def encode_input(cls, name: str, payload: Any, use_bytes: bool = True, **kwargs: Any) -> RequestInput:
+        """A BYTES input of shape ``[N, 1]`` (items as ``str`` if ``use_bytes`` is false)."""
+        data = cls._encode_items(name, payload, use_bytes)
+        return RequestInput(
+            name=name,
+            shape=[len(data), 1],
+            datatype="BYTES",
+            data=data,
+            parameters=content_type_parameters(cls.ContentType),
+        )
+
+    @classmethod
+    def decode_input(cls, request_input: RequestInput) -> List[Any]:
+        """The input's items, decoded (a malformed item is an ``InferenceError`` naming the input)."""
+        return cls._decode_items(request_input)
 
 
 class RequestCodec:
