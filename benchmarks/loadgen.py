@@ -1,0 +1,388 @@
+"""
+Load generators: Triton's perf_analyzer, and where it cannot run, wrk (REST) and h2load
+(gRPC) from Debian.
+
+perf_analyzer is set up by ``.ci/setup-perf-analyzer.sh`` (PyPI perf-analyzer 2.60 with
+a private Debian 13 C runtime, since its wheel needs glibc >= 2.38) and found by
+``tests/support/perf_analyzer.py``; ``perf_analyzer()`` runs the script when it is missing.
+
+Every run gives a ``Measurement``: inferences per second, p50 and p99 latency (ms), and
+whether the load generator called the result stable. perf_analyzer runs with ``-v``:
+when it cannot reach its stability criterion within ``max_trials`` windows (a busy
+machine), it writes no CSV, and the mean of its last three windows is reported
+instead, marked unstable, with the average latency in place of p50 and no p99.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+__all__ = ["Load", "Measurement", "PerfAnalyzer", "Wrk", "H2load", "perf_analyzer"]
+
+
+@dataclass
+class Measurement:
+    """What one load run measured."""
+
+    throughput: float = 0.0  # inferences per second
+    p50_ms: Optional[float] = None
+    p99_ms: Optional[float] = None
+    stable: bool = True
+    error: str = ""
+    note: str = ""
+    command: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.throughput > 0
+
+
+@dataclass
+class Load:
+    """One load to apply: model, transport, concurrency and what to send."""
+
+    model: str
+    transport: str  # "rest" or "grpc"
+    concurrency: int
+    rest_format: str = "json"  # "json" or "binary" (the binary tensor extension)
+    input_data: str = "zero"  # a perf_analyzer --input-data JSON file, or "zero"
+    shape: Optional[str] = None  # perf_analyzer --shape, e.g. "x:1,262144"
+    elements: int = 16  # FP32 elements of input x
+    big: bool = False  # a big tensor: a bounded request count rather than time windows
+
+
+def perf_analyzer(install: bool = True) -> Optional[List[str]]:
+    """The command that runs perf_analyzer (tests/support/perf_analyzer.py finds it), or None.
+
+    With ``install``, a missing perf_analyzer is set up by .ci/setup-perf-analyzer.sh first.
+    """
+    from tests.support.perf_analyzer import find_perf_analyzer
+
+    command = find_perf_analyzer()
+    script = os.path.join(ROOT, ".ci", "setup-perf-analyzer.sh")
+    if command is None and install and os.path.exists(script):
+        subprocess.run(["bash", script], check=False, stdin=subprocess.DEVNULL)
+        command = find_perf_analyzer()
+    return command
+
+
+_PASS = re.compile(r"Pass \[\d+\] throughput: ([\d.]+) infer/sec\. Avg latency: (\d+) usec")
+
+#: perf_analyzer keeps every response it receives until the end of a run, so its memory
+#: grows by the output size per request: big-tensor runs send a bounded number of
+#: requests (--request-count), sized for this many bytes of responses at most ...
+RESPONSE_BUDGET = 2 << 30
+#: ... and any run whose perf_analyzer grows past this is stopped.
+RSS_LIMIT = 8 << 30
+
+
+class PerfAnalyzer:
+    """Runs perf_analyzer at one concurrency and reads its CSV (or its windows).
+
+    Small tensors: "time_windows" mode (``measurement_interval_ms`` windows until
+    ``stability_percentage`` holds over three, at most ``max_trials``).
+
+    Big tensors (``Load.big``): runs of a growing number of requests
+    (``--request-count``, within RESPONSE_BUDGET) until one lasts ``counted_seconds``;
+    the rate is the difference in requests of the last two runs over the difference of
+    their wall-clock times, the latencies are the last run's. No stability check is
+    involved.
+    """
+
+    name = "perf_analyzer"
+
+    def __init__(
+        self,
+        command: List[str],
+        measurement_interval_ms: int = 3000,
+        stability_percentage: int = 25,
+        max_trials: int = 5,
+        counted_seconds: float = 5.0,
+        timeout: float = 300.0,
+    ) -> None:
+        self.base = list(command)
+        self.measurement_interval_ms = measurement_interval_ms
+        self.stability_percentage = stability_percentage
+        self.max_trials = max_trials
+        self.counted_seconds = counted_seconds
+        self.timeout = timeout
+
+    def settings(self) -> str:
+        """The measurement settings, as documented with the table."""
+        return (
+            f"small tensors: time_windows {self.measurement_interval_ms} ms, stability "
+            f"{self.stability_percentage}%, max {self.max_trials} trials; big tensors: "
+            f"request counts timed by difference, last run >= {self.counted_seconds:g} s"
+        )
+
+    def command(self, load: Load, url: str, csv_path: str, count: int = 0, warmup: int = 0) -> List[str]:
+        cmd = self.base + [
+            "-m",
+            load.model,
+            "-u",
+            url,
+            "-i",
+            "http" if load.transport == "rest" else "grpc",
+            "--concurrency-range",
+            f"{load.concurrency}:{load.concurrency}",
+            "--input-data",
+            load.input_data,
+            "-f",
+            csv_path,
+            "-v",
+        ]
+        if count:
+            cmd += ["--request-count", str(count)]
+            if warmup:
+                cmd += ["--warmup-request-count", str(warmup)]
+        else:
+            cmd += [
+                "--measurement-mode",
+                "time_windows",
+                "--measurement-interval",
+                str(self.measurement_interval_ms),
+                "--stability-percentage",
+                str(self.stability_percentage),
+                "--max-trials",
+                str(self.max_trials),
+            ]
+        if load.shape:
+            cmd += ["--shape", load.shape]
+        if load.transport == "rest":
+            cmd += ["--input-tensor-format", load.rest_format, "--output-tensor-format", load.rest_format]
+        return cmd
+
+    def run(self, load: Load, url: str) -> Measurement:
+        if not load.big:
+            return self._run(self.command, load, url)
+        # perf_analyzer's own rate for a --request-count run is the count over whole
+        # seconds, so the rate is timed here: runs of growing request counts until one
+        # lasts counted_seconds (or the memory budget stops it); the rate is the
+        # difference in requests of the last two runs over the difference of their
+        # wall-clock times, so that perf_analyzer's start-up, connecting and the drain
+        # at the end cancel out.
+        most = max(4, RESPONSE_BUDGET // max(1, load.elements * 4))
+        count = max(2, min(most // 2, load.concurrency))
+        runs: List[Tuple[int, float, Measurement]] = []
+        while True:
+            m, wall = self._timed(load, url, count)
+            if not m.ok:
+                return m
+            runs.append((count, wall, m))
+            if len(runs) >= 2 and (wall >= self.counted_seconds or count >= most):
+                break
+            grow = int(count * 1.5 * self.counted_seconds / max(wall, 0.05))
+            count = min(most, max(2 * count, grow))
+        (n1, t1, _), (n2, t2, last) = runs[-2], runs[-1]
+        last.stable = t2 - t1 > 0.25 * t2
+        last.throughput = (n2 - n1) / (t2 - t1) if t2 > t1 else n2 / t2
+        last.note = f"runs of {n1} and {n2} requests took {t1:.2f} s and {t2:.2f} s"
+        return last
+
+    def _timed(self, load: Load, url: str, count: int) -> Tuple[Measurement, float]:
+        start = time.monotonic()
+        m = self._run(self.command, load, url, count=count)
+        return m, time.monotonic() - start
+
+    def _run(self, make: Callable[..., List[str]], load: Load, url: str, **counts: int) -> Measurement:
+        with tempfile.TemporaryDirectory(prefix="v2d-bench-pa-") as tmp:
+            csv_path = os.path.join(tmp, "out.csv")
+            out_path = os.path.join(tmp, "out.txt")
+            cmd = make(load, url, csv_path, **counts)
+            note = ""
+            with open(out_path, "w+") as out:
+                proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp
+                )
+                deadline = time.monotonic() + self.timeout
+                while proc.poll() is None:
+                    if time.monotonic() > deadline:
+                        note = f"timed out after {self.timeout:.0f}s"
+                    elif _tree_rss(proc.pid) > RSS_LIMIT:
+                        note = f"perf_analyzer grew past {RSS_LIMIT >> 30} GiB"
+                    if note:
+                        proc.kill()
+                        proc.wait()
+                        break
+                    time.sleep(0.2)
+                out.seek(0)
+                output = out.read()
+            if os.path.exists(csv_path) and not note:
+                return self._from_csv(csv_path, cmd)
+            return self._from_passes(output, cmd, note)
+
+    @staticmethod
+    def _from_csv(path: str, cmd: List[str]) -> Measurement:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            return Measurement(error="empty perf_analyzer CSV", command=cmd)
+        row = rows[-1]
+
+        def ms(key: str) -> Optional[float]:
+            value = row.get(key)
+            return float(value) / 1000.0 if value not in (None, "") else None
+
+        return Measurement(
+            throughput=float(row["Inferences/Second"]),
+            p50_ms=ms("p50 latency"),
+            p99_ms=ms("p99 latency"),
+            command=cmd,
+        )
+
+    @staticmethod
+    def _from_passes(output: str, cmd: List[str], note: str) -> Measurement:
+        errors = [
+            line.strip() for line in output.splitlines() if "had error" in line or line.startswith("error")
+        ]
+        if errors:
+            return Measurement(error=errors[0], command=cmd)
+        passes = [(float(t), int(lat)) for t, lat in _PASS.findall(output)]
+        if not passes:
+            return Measurement(
+                error=note or output.strip()[-300:] or "perf_analyzer measured nothing", command=cmd
+            )
+        last = passes[-3:]
+        throughput = sum(t for t, _ in last) / len(last)
+        latency = sum(lat for _, lat in last) / len(last) / 1000.0
+        return Measurement(throughput=throughput, p50_ms=latency, stable=False, command=cmd)
+
+
+def _tree_rss(pid: int) -> int:
+    from benchmarks.servers import process_tree_rss
+
+    return process_tree_rss(pid)
+
+
+class Wrk:
+    """REST load with wrk: a Lua script POSTs a prepared infer body (JSON or binary)."""
+
+    name = "wrk"
+
+    def __init__(self, duration_s: int = 10, timeout: float = 120.0) -> None:
+        self.binary = shutil.which("wrk") or "wrk"
+        self.duration_s = duration_s
+        self.timeout = timeout
+
+    def run(self, load: Load, url: str) -> Measurement:
+        from benchmarks.bodies import rest_body
+
+        with tempfile.TemporaryDirectory(prefix="v2d-bench-wrk-") as tmp:
+            body, headers = rest_body(load)
+            body_path = os.path.join(tmp, "body")
+            with open(body_path, "wb") as f:
+                f.write(body)
+            script = os.path.join(tmp, "post.lua")
+            with open(script, "w") as f:
+                f.write('wrk.method = "POST"\n')
+                f.write(f'local f = io.open("{body_path}", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
+                for key, value in headers.items():
+                    f.write(f'wrk.headers["{key}"] = "{value}"\n')
+            threads = min(2, load.concurrency)
+            cmd = [
+                self.binary,
+                f"-t{threads}",
+                f"-c{load.concurrency}",
+                f"-d{self.duration_s}s",
+                "--latency",
+                "-s",
+                script,
+                f"http://{url}/v2/models/{load.model}/infer",
+            ]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                return Measurement(error="wrk timed out", command=cmd)
+        return self.parse(proc.stdout + proc.stderr, cmd)
+
+    @staticmethod
+    def parse(output: str, cmd: Sequence[str]) -> Measurement:
+        rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+        if not rate:
+            return Measurement(error=output.strip()[-300:], command=list(cmd))
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+        lat: Dict[str, float] = {}
+        for pct, value, unit in re.findall(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", output, re.M):
+            lat[pct] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+        return Measurement(
+            throughput=float(rate.group(1)),
+            p50_ms=lat.get("50"),
+            p99_ms=lat.get("99"),
+            error=f"{bad.group(1)} non-2xx responses" if bad else "",
+            command=list(cmd),
+        )
+
+
+class H2load:
+    """gRPC load with h2load: a prepared, length-prefixed ModelInferRequest as body.
+
+    h2load reports the mean and spread of request times, not percentiles: the mean is
+    shown as p50 (marked unstable) and p99 is left out.
+    """
+
+    name = "h2load"
+
+    def __init__(self, duration_s: int = 10, timeout: float = 120.0) -> None:
+        self.binary = shutil.which("h2load") or "h2load"
+        self.duration_s = duration_s
+        self.timeout = timeout
+
+    def run(self, load: Load, url: str) -> Measurement:
+        from benchmarks.bodies import grpc_body
+
+        with tempfile.TemporaryDirectory(prefix="v2d-bench-h2load-") as tmp:
+            body_path = os.path.join(tmp, "body")
+            with open(body_path, "wb") as f:
+                f.write(grpc_body(load))
+            cmd = [
+                self.binary,
+                "-D",
+                str(self.duration_s),
+                "-c",
+                str(load.concurrency),
+                "-m",
+                "1",
+                "-t",
+                "1",
+                "-d",
+                body_path,
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                f"http://{url}/inference.GRPCInferenceService/ModelInfer",
+            ]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                return Measurement(error="h2load timed out", command=cmd)
+        return self.parse(proc.stdout + proc.stderr, cmd)
+
+    @staticmethod
+    def parse(output: str, cmd: Sequence[str]) -> Measurement:
+        rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output)
+        if not rate:
+            return Measurement(error=output.strip()[-300:], command=list(cmd))
+        mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", output)
+        p50 = None
+        if mean:
+            p50 = float(mean.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)]
+        failed = re.search(r"requests: .*?(\d+) failed", output)
+        return Measurement(
+            throughput=float(rate.group(1)),
+            p50_ms=p50,
+            stable=False,
+            error=f"{failed.group(1)} failed" if failed and failed.group(1) != "0" else "",
+            command=list(cmd),
+        )
