@@ -19,7 +19,7 @@ trap 'rm -rf "$scratch"' EXIT
 tree="$scratch/v2d-$version"
 mkdir "$tree"
 tar -C "$src" \
-    --exclude=.git --exclude=.tox --exclude=dist --exclude=build --exclude='*.egg-info' \
+    --exclude=./.git --exclude=./.tox --exclude=./dist --exclude=./build --exclude="*.egg-info" \
     --exclude=__pycache__ --exclude='*.pyc' --exclude=dropin.cache --exclude=.venv \
     --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache --exclude=_trial_temp \
     --exclude=./debian --exclude=twistd.pid --exclude=twistd.log \

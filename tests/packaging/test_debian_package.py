@@ -179,6 +179,7 @@ def test_package_contents(deb: Path) -> None:
         assert expected in paths, expected
     assert any(p.endswith("/site-packages/twisted/plugins/dropin.cache") for p in paths)
     assert any(p.endswith("/site-packages/twisted/plugins/v2d_plugin.py") for p in paths)
+    assert any(p.endswith("/site-packages/v2d/build/cli.py") for p in paths)
     conffiles = subprocess.run(
         ["dpkg-deb", "--info", str(deb), "conffiles"], capture_output=True, text=True, check=True
     ).stdout.split()
