@@ -341,10 +341,14 @@ class H2load:
     def run(self, load: Load, url: str) -> Measurement:
         from benchmarks.bodies import grpc_body
 
+        body = grpc_body(load)
+        error = self.check(url, body[5:])
+        if error:
+            return Measurement(error=error)
         with tempfile.TemporaryDirectory(prefix="v2d-bench-h2load-") as tmp:
             body_path = os.path.join(tmp, "body")
             with open(body_path, "wb") as f:
-                f.write(grpc_body(load))
+                f.write(body)
             cmd = [
                 self.binary,
                 "-D",
@@ -368,6 +372,21 @@ class H2load:
             except subprocess.TimeoutExpired:
                 return Measurement(error="h2load timed out", command=cmd)
         return self.parse(proc.stdout + proc.stderr, cmd)
+
+    @staticmethod
+    def check(url: str, request: bytes) -> str:
+        """One ModelInfer call through grpcio: h2load counts any HTTP 200 as a success,
+        and gRPC errors travel in trailers."""
+        import grpc
+
+        limit = [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)]
+        with grpc.insecure_channel(url, options=limit) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            try:
+                call(request, timeout=120)
+            except grpc.RpcError as e:
+                return f"ModelInfer failed: {e.code()} {e.details()}"
+        return ""
 
     @staticmethod
     def parse(output: str, cmd: Sequence[str]) -> Measurement:

@@ -594,12 +594,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 counted_seconds=3.0 if args.quick else 5.0,
             )
             settings = loadgen.settings()
+            legend = "~ = perf_analyzer found no stable window (mean of its last 3; average latency as p50)"
         else:
             say("perf_analyzer cannot run: falling back to wrk (REST) and h2load (gRPC)")
             debian_tools("wrk", "h2load")
             seconds = 5 if args.quick else 10
             loadgen = {"rest": Wrk(seconds), "grpc": H2load(seconds)}
             settings = f"wrk / h2load, {seconds} s per run"
+            legend = "~ = h2load (mean latency as p50)"
 
         keys = [k for k in SERVERS if any(e.server == k for c in cases for e in c.entries)]
         peer_python = ""
@@ -625,10 +627,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{info.get('cpu', '?')}, {info['cpus']} CPUs, Python {info['python']}; load average "
         f"{info['loadavg_start'][0]:.1f} at start, {info['loadavg_end'][0]:.1f} at end; {info['minutes']} min"
     )
-    print(
-        f"{settings}; best of {rounds} round(s); "
-        "~ = perf_analyzer found no stable window (mean of the last 3)\n"
-    )
+    print(f"{settings}; best of {rounds} round(s); {legend}\n")
     print(table(cases, results))
     checks = summary(cases, results)
     met = sum(1 for c in checks if c["met"])
