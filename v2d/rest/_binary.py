@@ -115,7 +115,8 @@ def encode_infer_body(
             if extension:
                 params.clear()
             return False
-        chunk = flat.tobytes() if numeric else pack_bytes(flat)
+        # A memoryview of the array: the final join copies the data once, no tobytes() first.
+        chunk = memoryview(flat).cast("B") if numeric else pack_bytes(flat)
         params["binary_data_size"] = len(chunk)
         chunks.append(chunk)
         return True

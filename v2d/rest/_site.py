@@ -18,6 +18,50 @@ from v2d.rest._json import error_body
 __all__ = ["V2DRequest", "make_site"]
 
 
+class PreallocatedBody:
+    """
+    A request body of known length, received straight into one buffer (no growing,
+    no copy when read back). Offers the file methods twisted.web uses on ``content``.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.buffer = bytearray(size)
+        self._view = memoryview(self.buffer)
+        self._end = 0
+        self._pos = 0
+
+    def write(self, data: bytes) -> None:
+        n = len(data)
+        if self._end + n > len(self.buffer):  # more than announced: keep it all
+            self.buffer = bytearray(self._view[: self._end]) + data
+            self._view = memoryview(self.buffer)
+        else:
+            self._view[self._end : self._end + n] = data
+        self._end += n
+        self._pos = self._end
+
+    def getvalue(self) -> bytearray:
+        if self._end == len(self.buffer):
+            return self.buffer
+        return bytearray(self._view[: self._end])
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = offset if whence == 0 else (self._end + offset if whence == 2 else self._pos + offset)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._end if size < 0 else min(self._end, self._pos + size)
+        data = bytes(self._view[self._pos : end])
+        self._pos = end
+        return data
+
+    def close(self) -> None:
+        self._view.release()
+
+
 class V2DRequest(Request):
     """
     A request that refuses bodies over ``site.max_body_size`` with 413.
@@ -33,10 +77,13 @@ class V2DRequest(Request):
         return getattr(getattr(self.channel, "site", None), "max_body_size", 0) or 0
 
     def gotLength(self, length: Optional[int]) -> None:
-        self.content = io.BytesIO()
         limit = self._limit()
         if limit and length is not None and length > limit:
             self.too_large = True
+        if length and not self.too_large:
+            self.content = PreallocatedBody(length)  # type: ignore[assignment]
+        else:
+            self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.too_large:
