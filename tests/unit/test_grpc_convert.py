@@ -244,3 +244,24 @@ def test_metadata_to_headers_and_back():
         ("x-out", "5"),
         ("data-bin", b"\x01"),
     ]
+
+
+def test_serialized_response_matches_the_message_and_copies_outputs_once():
+    from v2d.grpc._convert import encode_infer_response, serialize_infer_response
+
+    big = np.arange(300_000, dtype=np.float32)  # a length that needs a 3-byte varint
+    response = InferenceResponse(
+        model_name="m",
+        id="7",
+        parameters=Parameters(tag="x"),
+        outputs=[
+            ResponseOutput(name="a", shape=[300_000], datatype="FP32", data=big),
+            ResponseOutput(name="b", shape=[2], datatype="BYTES", data=[b"x", b"yz"]),
+            ResponseOutput(name="c", shape=[1], datatype="FP16", data=np.ones(1, np.float16)),
+        ],
+    )
+    for raw in (True, False):
+        wire = serialize_infer_response(response, raw)
+        parsed = pb.ModelInferResponse.FromString(wire)
+        assert parsed == encode_infer_response(response, raw)
+        assert parsed.raw_output_contents[0] == big.tobytes()

@@ -304,6 +304,46 @@ def encode_infer_response(response: InferenceResponse, raw: bool) -> Any:
     A ``ModelInferResponse`` (headers already taken out of ``response.parameters``):
     raw contents if ``raw`` or any output is FP16, typed contents otherwise.
     """
+    message, chunks = _build_infer_response(response, raw)
+    for chunk in chunks:
+        message.raw_output_contents.append(bytes(chunk))
+    return message
+
+
+#: The tag of ``ModelInferResponse.raw_output_contents`` (field 6, length-delimited).
+_RAW_OUTPUT_TAG = b"\x32"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def serialize_infer_response(response: InferenceResponse, raw: bool) -> bytes:
+    """
+    The wire bytes of ``encode_infer_response(response, raw)``, with each raw output
+    copied once: the message is serialized without its raw contents, and they are
+    appended as field entries (protobuf allows a repeated field's entries anywhere).
+    """
+    message, chunks = _build_infer_response(response, raw)
+    if not chunks:
+        return message.SerializeToString()
+    parts: List[Any] = [message.SerializeToString()]
+    for chunk in chunks:
+        parts.append(_RAW_OUTPUT_TAG + _varint(len(chunk)))
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _build_infer_response(response: InferenceResponse, raw: bool) -> Tuple[Any, List[Any]]:
+    """The response message without raw contents, and the raw contents (buffers)."""
     message = pb.ModelInferResponse(
         model_name=response.model_name or "",
         model_version=response.model_version or "",
@@ -324,16 +364,14 @@ def encode_infer_response(response: InferenceResponse, raw: bool) -> Any:
             raise Internal(f"model returned {where} with {len(flat)} elements for shape {shape}")
         prepared.append((output, datatype, shape, flat, numeric))
     use_raw = raw or any(TYPED_FIELD[p[1]] is None for p in prepared)
+    chunks: List[Any] = []
     for output, datatype, shape, flat, numeric in prepared:
         tensor = message.outputs.add(name=output.name, datatype=datatype, shape=shape)
         encode_parameters(tensor.parameters, output.parameters, f"output '{output.name}'")
         if use_raw:
-            if numeric:
-                message.raw_output_contents.append(flat.tobytes())
-            else:
-                message.raw_output_contents.append(pack_bytes(flat))
+            chunks.append(memoryview(flat).cast("B") if numeric else pack_bytes(flat))
         elif numeric:
             getattr(tensor.contents, TYPED_FIELD[datatype]).extend(flat.tolist())  # type: ignore[arg-type]
         else:
             tensor.contents.bytes_contents.extend(_bytes_item(item) for item in flat)
-    return message
+    return message, chunks

@@ -24,6 +24,7 @@ from v2d.grpc._convert import (
     encode_infer_response,
     metadata_headers,
     response_metadata,
+    serialize_infer_response,
 )
 from v2d.grpc._messages import SERVICE_NAME, pb
 from v2d.modelconfig import model_config
@@ -83,6 +84,18 @@ class Undecodable:
 
     def error(self) -> InvalidArgument:
         return InvalidArgument(f"request is not a valid {self.type_name} message: {self.reason}")
+
+
+def _serializer(cls: Any) -> Callable[[Any], bytes]:
+    """Serialize a message; bytes a handler serialized itself pass through."""
+    serialize = cls.SerializeToString
+
+    def dump(message: Any) -> bytes:
+        if isinstance(message, bytes):
+            return message
+        return serialize(message)
+
+    return dump
 
 
 def _deserializer(cls: Any) -> Callable[[bytes], Any]:
@@ -168,10 +181,10 @@ class InferenceServicer:
         attach_headers(payload, metadata_headers(context.invocation_metadata()))
         response = await as_future(self.dataplane.infer(name, version, payload))
         headers = take_headers(response)
-        message = encode_infer_response(response, raw)
+        body = serialize_infer_response(response, raw)
         if headers:
             await context.send_initial_metadata(response_metadata(headers))
-        return message
+        return body
 
     async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """
@@ -287,7 +300,7 @@ class InferenceServicer:
             handlers[method.name] = make(
                 fn,
                 request_deserializer=_deserializer(request_cls),
-                response_serializer=response_cls.SerializeToString,
+                response_serializer=_serializer(response_cls),
             )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
