@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -38,6 +38,7 @@ class Measurement:
     throughput: float = 0.0  # inferences per second
     p50_ms: Optional[float] = None
     p99_ms: Optional[float] = None
+    avg_ms: Optional[float] = None
     stable: bool = True
     error: str = ""
     note: str = ""
@@ -78,11 +79,13 @@ def perf_analyzer(install: bool = True) -> Optional[List[str]]:
 
 
 _PASS = re.compile(r"Pass \[\d+\] throughput: ([\d.]+) infer/sec\. Avg latency: (\d+) usec")
+_AVG = re.compile(r"Avg latency: (\d+) usec \(standard deviation")
 
-#: perf_analyzer keeps every response it receives until the end of a run, so its memory
-#: grows by the output size per request: big-tensor runs send a bounded number of
-#: requests (--request-count), sized for this many bytes of responses at most ...
-RESPONSE_BUDGET = 2 << 30
+#: perf_analyzer keeps every request's inputs and every response's outputs until it
+#: exits (about four copies of the tensor per request, as measured), so big-tensor runs
+#: send a bounded number of requests (--request-count), sized for this much memory ...
+MEMORY_BUDGET = 4 << 30
+COPIES_PER_REQUEST = 4
 #: ... and any run whose perf_analyzer grows past this is stopped.
 RSS_LIMIT = 8 << 30
 
@@ -93,11 +96,10 @@ class PerfAnalyzer:
     Small tensors: "time_windows" mode (``measurement_interval_ms`` windows until
     ``stability_percentage`` holds over three, at most ``max_trials``).
 
-    Big tensors (``Load.big``): runs of a growing number of requests
-    (``--request-count``, within RESPONSE_BUDGET) until one lasts ``counted_seconds``;
-    the rate is the difference in requests of the last two runs over the difference of
-    their wall-clock times, the latencies are the last run's. No stability check is
-    involved.
+    Big tensors (``Load.big``): a probe of 2c requests (the warm-up, and a first rate),
+    then one run of ``--request-count`` requests, sized for ``counted_seconds`` within
+    MEMORY_BUDGET; the rate is concurrency over the run's average latency (see
+    ``run``), the percentiles are the run's. No stability check is involved.
     """
 
     name = "perf_analyzer"
@@ -123,7 +125,7 @@ class PerfAnalyzer:
         return (
             f"small tensors: time_windows {self.measurement_interval_ms} ms, stability "
             f"{self.stability_percentage}%, max {self.max_trials} trials; big tensors: "
-            f"request counts timed by difference, last run >= {self.counted_seconds:g} s"
+            f"one --request-count run of ~{self.counted_seconds:g} s, rate = concurrency / average latency"
         )
 
     def command(self, load: Load, url: str, csv_path: str, count: int = 0, warmup: int = 0) -> List[str]:
@@ -166,34 +168,25 @@ class PerfAnalyzer:
     def run(self, load: Load, url: str) -> Measurement:
         if not load.big:
             return self._run(self.command, load, url)
-        # perf_analyzer's own rate for a --request-count run is the count over whole
-        # seconds, so the rate is timed here: runs of growing request counts until one
-        # lasts counted_seconds (or the memory budget stops it); the rate is the
-        # difference in requests of the last two runs over the difference of their
-        # wall-clock times, so that perf_analyzer's start-up, connecting and the drain
-        # at the end cancel out.
-        most = max(4, RESPONSE_BUDGET // max(1, load.elements * 4))
-        count = max(2, min(most // 2, load.concurrency))
-        runs: List[Tuple[int, float, Measurement]] = []
-        while True:
-            m, wall = self._timed(load, url, count)
-            if not m.ok:
-                return m
-            runs.append((count, wall, m))
-            if len(runs) >= 2 and (wall >= self.counted_seconds or count >= most):
-                break
-            grow = int(count * 1.5 * self.counted_seconds / max(wall, 0.05))
-            count = min(most, max(2 * count, grow))
-        (n1, t1, _), (n2, t2, last) = runs[-2], runs[-1]
-        last.stable = t2 - t1 > 0.25 * t2
-        last.throughput = (n2 - n1) / (t2 - t1) if t2 > t1 else n2 / t2
-        last.note = f"runs of {n1} and {n2} requests took {t1:.2f} s and {t2:.2f} s"
-        return last
-
-    def _timed(self, load: Load, url: str, count: int) -> Tuple[Measurement, float]:
-        start = time.monotonic()
+        # Big tensors: perf_analyzer's memory grows with every request, so it gets a
+        # bounded --request-count; and a count run's own rate is the count over whole
+        # seconds (it checks for the end once a second), so the rate is taken from its
+        # exact per-request latencies instead: c clients in a closed loop complete
+        # c / (average latency) requests per second (Little's law; the client's own
+        # time between requests, small next to a big tensor's latency, is left out).
+        most = max(4, MEMORY_BUDGET // max(1, COPIES_PER_REQUEST * load.elements * 4))
+        probe = self._run(self.command, load, url, count=min(most, max(2, 2 * load.concurrency)))
+        if not probe.ok or not probe.avg_ms:
+            return probe
+        rate = load.concurrency / (probe.avg_ms / 1000.0)
+        count = min(most, max(2 * load.concurrency, 4, int(rate * self.counted_seconds)))
         m = self._run(self.command, load, url, count=count)
-        return m, time.monotonic() - start
+        if m.ok and m.avg_ms:
+            m.note = f"{count} requests; perf_analyzer's own (whole-second) rate {m.throughput:.1f}/s"
+            m.throughput = load.concurrency / (m.avg_ms / 1000.0)
+        elif m.ok:
+            m.stable = False
+        return m
 
     def _run(self, make: Callable[..., List[str]], load: Load, url: str, **counts: int) -> Measurement:
         with tempfile.TemporaryDirectory(prefix="v2d-bench-pa-") as tmp:
@@ -219,8 +212,13 @@ class PerfAnalyzer:
                 out.seek(0)
                 output = out.read()
             if os.path.exists(csv_path) and not note:
-                return self._from_csv(csv_path, cmd)
-            return self._from_passes(output, cmd, note)
+                m = self._from_csv(csv_path, cmd)
+            else:
+                m = self._from_passes(output, cmd, note)
+            avg = _AVG.search(output)
+            if avg and m.avg_ms is None:
+                m.avg_ms = int(avg.group(1)) / 1000.0
+            return m
 
     @staticmethod
     def _from_csv(path: str, cmd: List[str]) -> Measurement:
@@ -256,7 +254,7 @@ class PerfAnalyzer:
         last = passes[-3:]
         throughput = sum(t for t, _ in last) / len(last)
         latency = sum(lat for _, lat in last) / len(last) / 1000.0
-        return Measurement(throughput=throughput, p50_ms=latency, stable=False, command=cmd)
+        return Measurement(throughput=throughput, p50_ms=latency, avg_ms=latency, stable=False, command=cmd)
 
 
 def _tree_rss(pid: int) -> int:

@@ -109,7 +109,7 @@ def say(message: str) -> None:
 # --------------------------------------------------------------------------- the cases
 
 
-#: Server keys -> (label in the table, group of the server).
+#: Server keys -> their label in the table.
 SERVERS: Dict[str, str] = {
     "v2d": "v2d",
     "v2d-w1": "v2d --workers 1",
@@ -162,8 +162,10 @@ class Result:
     @property
     def best(self) -> Measurement:
         ok = [m for m in self.rounds if m.ok]
+        stable = [m for m in ok if m.stable]
         if ok:
-            return max(ok, key=lambda m: m.throughput)
+            # the best stable round; an unstable one only when no round was stable
+            return max(stable or ok, key=lambda m: m.throughput)
         return self.rounds[-1] if self.rounds else Measurement(error="not run")
 
 
@@ -590,8 +592,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             loadgen: Any = PerfAnalyzer(
                 command,
                 measurement_interval_ms=interval,
-                max_trials=4 if args.quick else 5,
-                counted_seconds=3.0 if args.quick else 5.0,
+                max_trials=4,
+                counted_seconds=3.0 if args.quick else 4.0,
             )
             settings = loadgen.settings()
             legend = "~ = perf_analyzer found no stable window (mean of its last 3; average latency as p50)"
