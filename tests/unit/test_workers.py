@@ -266,6 +266,14 @@ def test_a_dead_worker_fails_its_requests_at_once_and_comes_back(pool, reactor, 
     assert served[0].id == "x"
 
 
+def test_stop_calls_off_a_pending_restart(pool, reactor, tmp_path):
+    _loaded(pool, reactor, tmp_path)
+    reactor.processes[0].end(sig=9)
+    assert reactor.getDelayedCalls(), "a restart is scheduled"
+    assert _result(pool.stop()) == [None]
+    assert reactor.getDelayedCalls() == [], "stopping the pool leaves no timer behind"
+
+
 def test_restart_back_off_doubles_and_resets_after_a_stable_run(pool, reactor, tmp_path):
     _loaded(pool, reactor, tmp_path)
     delays = []

@@ -329,9 +329,11 @@ class Worker:
         self.failures += 1
         self.log.info("{label}: restarting in {delay}s", label=self.label, delay=delay)
         self.restart_call = self.pool.reactor.callLater(delay, self._restart)
+        self.pool.restarting(self)
 
     def _restart(self) -> None:
         self.restart_call = None
+        self.pool.restarted(self)
         if self.model.unloading or self.pool.stopping:
             return
 
@@ -351,6 +353,7 @@ class Worker:
         if self.restart_call is not None and self.restart_call.active():
             self.restart_call.cancel()
         self.restart_call = None
+        self.pool.restarted(self)
 
     def exited(self) -> Deferred:
         """Fires once the child has exited (at once if there is none)."""
@@ -577,6 +580,7 @@ class WorkerPool:
     code_zip: str = ""
     identity: Dict[str, Any] = attrs.field(factory=lambda: _handshake.describe(WIRE_VERSION, __version__))
     _live: Dict[int, Worker] = attrs.field(factory=dict)
+    _restarting: Dict[int, Worker] = attrs.field(factory=dict)
     _serial: Any = attrs.field(factory=lambda: itertools.count(1))
     log = Logger()
 
@@ -620,6 +624,14 @@ class WorkerPool:
     def unregister(self, worker: Worker) -> None:
         self._live.pop(id(worker), None)
 
+    def restarting(self, worker: Worker) -> None:
+        """A dead worker waits for its restart."""
+        self._restarting[id(worker)] = worker
+
+    def restarted(self, worker: Worker) -> None:
+        """A worker's restart ran or was called off."""
+        self._restarting.pop(id(worker), None)
+
     def live(self) -> List[Worker]:
         """Workers whose process runs."""
         return list(self._live.values())
@@ -627,6 +639,8 @@ class WorkerPool:
     def stop(self) -> Deferred:
         """End every child (close input, TERM, KILL); fires when all have exited."""
         self.stopping = True
+        for waiting in list(self._restarting.values()):
+            waiting.cancel_restart()
         workers = self.live()
         if workers:
             self.log.info("stopping {n} worker process(es)", n=len(workers))
