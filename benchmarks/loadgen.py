@@ -97,9 +97,9 @@ class PerfAnalyzer:
     ``stability_percentage`` holds over three, at most ``max_trials``).
 
     Big tensors (``Load.big``): a probe of 2c requests (the warm-up, and a first rate),
-    then one run of ``--request-count`` requests, sized for ``counted_seconds`` within
-    MEMORY_BUDGET; the rate is concurrency over the run's average latency (see
-    ``run``), the percentiles are the run's. No stability check is involved.
+    then "count_windows" mode: windows of a fixed number of requests, about
+    ``count_window_s`` of work each and few enough that all trials fit MEMORY_BUDGET,
+    with the same stability rule.
     """
 
     name = "perf_analyzer"
@@ -110,14 +110,14 @@ class PerfAnalyzer:
         measurement_interval_ms: int = 3000,
         stability_percentage: int = 25,
         max_trials: int = 5,
-        counted_seconds: float = 5.0,
-        timeout: float = 300.0,
+        count_window_s: float = 1.0,
+        timeout: float = 120.0,
     ) -> None:
         self.base = list(command)
         self.measurement_interval_ms = measurement_interval_ms
         self.stability_percentage = stability_percentage
         self.max_trials = max_trials
-        self.counted_seconds = counted_seconds
+        self.count_window_s = count_window_s
         self.timeout = timeout
 
     def settings(self) -> str:
@@ -125,10 +125,10 @@ class PerfAnalyzer:
         return (
             f"small tensors: time_windows {self.measurement_interval_ms} ms, stability "
             f"{self.stability_percentage}%, max {self.max_trials} trials; big tensors: "
-            f"one --request-count run of ~{self.counted_seconds:g} s, rate = concurrency / average latency"
+            f"count_windows of ~{self.count_window_s:g} s of requests (memory-bounded), same stability rule"
         )
 
-    def command(self, load: Load, url: str, csv_path: str, count: int = 0, warmup: int = 0) -> List[str]:
+    def command(self, load: Load, url: str, csv_path: str, count: int = 0, window: int = 0) -> List[str]:
         cmd = self.base + [
             "-m",
             load.model,
@@ -146,14 +146,17 @@ class PerfAnalyzer:
         ]
         if count:
             cmd += ["--request-count", str(count)]
-            if warmup:
-                cmd += ["--warmup-request-count", str(warmup)]
         else:
+            if window:
+                cmd += ["--measurement-mode", "count_windows", "--measurement-request-count", str(window)]
+            else:
+                cmd += [
+                    "--measurement-mode",
+                    "time_windows",
+                    "--measurement-interval",
+                    str(self.measurement_interval_ms),
+                ]
             cmd += [
-                "--measurement-mode",
-                "time_windows",
-                "--measurement-interval",
-                str(self.measurement_interval_ms),
                 "--stability-percentage",
                 str(self.stability_percentage),
                 "--max-trials",
@@ -168,25 +171,19 @@ class PerfAnalyzer:
     def run(self, load: Load, url: str) -> Measurement:
         if not load.big:
             return self._run(self.command, load, url)
-        # Big tensors: perf_analyzer's memory grows with every request, so it gets a
-        # bounded --request-count; and a count run's own rate is the count over whole
-        # seconds (it checks for the end once a second), so the rate is taken from its
-        # exact per-request latencies instead: c clients in a closed loop complete
-        # c / (average latency) requests per second (Little's law; the client's own
-        # time between requests, small next to a big tensor's latency, is left out).
+        # Big tensors: perf_analyzer's memory grows with every request, so the windows
+        # are counted in requests ("count_windows"), as many as fit the memory budget
+        # over all trials and about ``count_window_s`` of work each. A probe of 2c
+        # requests warms up and gives the first rate (concurrency / average latency, an
+        # upper bound: it leaves out the client's own time between requests).
         most = max(4, MEMORY_BUDGET // max(1, COPIES_PER_REQUEST * load.elements * 4))
         probe = self._run(self.command, load, url, count=min(most, max(2, 2 * load.concurrency)))
         if not probe.ok or not probe.avg_ms:
             return probe
         rate = load.concurrency / (probe.avg_ms / 1000.0)
-        count = min(most, max(2 * load.concurrency, 4, int(rate * self.counted_seconds)))
-        m = self._run(self.command, load, url, count=count)
-        if m.ok and m.avg_ms:
-            m.note = f"{count} requests; perf_analyzer's own (whole-second) rate {m.throughput:.1f}/s"
-            m.throughput = load.concurrency / (m.avg_ms / 1000.0)
-        elif m.ok:
-            m.stable = False
-        return m
+        per_window = min(most // (self.max_trials + 1), int(rate * self.count_window_s))
+        per_window = max(2, load.concurrency, per_window)
+        return self._run(self.command, load, url, window=per_window)
 
     def _run(self, make: Callable[..., List[str]], load: Load, url: str, **counts: int) -> Measurement:
         with tempfile.TemporaryDirectory(prefix="v2d-bench-pa-") as tmp:

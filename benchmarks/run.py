@@ -530,6 +530,13 @@ def machine() -> Dict[str, Any]:
         info["v2d"] = getattr(v2d, "__version__", "?")
     except ImportError:
         pass
+    git = ["git", "-C", ROOT]
+    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", "v2d"], capture_output=True, text=True)
+        info["commit"] = head.stdout.strip() + (
+            " + uncommitted changes to v2d/" if dirty.stdout.strip() else ""
+        )
     return info
 
 
@@ -593,7 +600,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 command,
                 measurement_interval_ms=interval,
                 max_trials=4,
-                counted_seconds=3.0 if args.quick else 4.0,
+                count_window_s=0.75 if args.quick else 1.0,
             )
             settings = loadgen.settings()
             legend = "~ = perf_analyzer found no stable window (mean of its last 3; average latency as p50)"
@@ -626,6 +633,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     print(f"\n{command_line}")
     print(
+        f"v2d {info.get('v2d', '?')} at {info.get('commit', '?')}; "
         f"{info.get('cpu', '?')}, {info['cpus']} CPUs, Python {info['python']}; load average "
         f"{info['loadavg_start'][0]:.1f} at start, {info['loadavg_end'][0]:.1f} at end; {info['minutes']} min"
     )
