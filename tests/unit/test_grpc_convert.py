@@ -265,3 +265,27 @@ def test_serialized_response_matches_the_message_and_copies_outputs_once():
         parsed = pb.ModelInferResponse.FromString(wire)
         assert parsed == encode_infer_response(response, raw)
         assert parsed.raw_output_contents[0] == big.tobytes()
+
+
+def test_split_requests_keep_raw_contents_in_place():
+    from google.protobuf.message import DecodeError
+
+    from v2d.grpc._convert import decode_infer_request, split_infer_request
+
+    x = np.arange(100_000, dtype=np.float32)
+    message = pb.ModelInferRequest(model_name="m", id="1")
+    message.parameters["k"].string_param = "v"
+    for name in ("a", "b"):
+        message.inputs.add(name=name, datatype="FP32", shape=[100_000])
+        message.raw_input_contents.append(x.tobytes())
+    wire = message.SerializeToString()
+    split = split_infer_request(pb.ModelInferRequest, wire)
+    assert len(split.message.raw_input_contents) == 0 and len(split.raw_contents) == 2
+    whole = decode_infer_request(message)
+    parts = decode_infer_request(split.message, raw_contents=split.raw_contents)
+    assert whole[:2] == parts[:2] and whole[3] == parts[3] is True
+    for a, b in zip(whole[2].inputs, parts[2].inputs):
+        assert a.name == b.name and np.array_equal(a.data, b.data)
+    assert np.shares_memory(parts[2].inputs[0].data, np.frombuffer(wire, dtype=np.uint8))
+    with pytest.raises(DecodeError):
+        split_infer_request(pb.ModelInferRequest, wire[:-10])

@@ -14,6 +14,7 @@ import json
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from v2d.errors import Internal, InvalidArgument
 from v2d.grpc._messages import pb
@@ -208,15 +209,83 @@ def _shape(values: Sequence[int], field: str) -> List[int]:
     return shape
 
 
-def decode_infer_request(message: Any, field: str = "") -> Tuple[str, Optional[str], InferenceRequest, bool]:
+#: ``ModelInferRequest.raw_input_contents`` is field 7.
+_RAW_INPUT_FIELD = 7
+
+
+def _varint_at(view: memoryview, pos: int) -> Tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(view):
+            raise DecodeError("truncated varint")
+        byte = view[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise DecodeError("varint too long")
+
+
+class SplitInferRequest:
+    """A ``ModelInferRequest`` parsed without its raw contents, which stay views of the wire bytes."""
+
+    def __init__(self, message: Any, raw_contents: List[memoryview]) -> None:
+        self.message = message
+        self.raw_contents = raw_contents
+
+
+def split_infer_request(cls: Any, data: bytes) -> SplitInferRequest:
+    """
+    Parse a ``ModelInferRequest`` with its raw input contents left in place: the top-level
+    fields are scanned, entries of field 7 kept as memoryviews of ``data`` (no copy), and
+    only the rest handed to protobuf. Raises DecodeError on malformed input.
+    """
+    view = memoryview(data)
+    raw: List[memoryview] = []
+    rest: List[memoryview] = []
+    pos, end = 0, len(view)
+    while pos < end:
+        start = pos
+        key, pos = _varint_at(view, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 2:
+            length, pos = _varint_at(view, pos)
+            if pos + length > end:
+                raise DecodeError("truncated length-delimited field")
+            if number == _RAW_INPUT_FIELD:
+                raw.append(view[pos : pos + length])
+                pos += length
+                continue
+            pos += length
+        elif wire_type == 0:
+            _, pos = _varint_at(view, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise DecodeError(f"unexpected wire type {wire_type}")
+        if pos > end:
+            raise DecodeError("truncated field")
+        rest.append(view[start:pos])
+    return SplitInferRequest(cls.FromString(b"".join(rest)), raw)
+
+
+def decode_infer_request(
+    message: Any, field: str = "", raw_contents: Optional[Sequence[Any]] = None
+) -> Tuple[str, Optional[str], InferenceRequest, bool]:
     """
     (model name, version or None, request, raw) from a ``ModelInferRequest``; ``raw``
-    tells whether the tensors came as raw contents.
+    tells whether the tensors came as raw contents. ``raw_contents``, if given, stands
+    for the message's own (see ``split_infer_request``).
     """
     prefix = f"{field}." if field else ""
     if not message.model_name:
         raise InvalidArgument(f"{prefix}model_name is required")
-    raw_contents = message.raw_input_contents
+    if raw_contents is None:
+        raw_contents = message.raw_input_contents
     raw = len(raw_contents) > 0
     if raw and len(raw_contents) != len(message.inputs):
         raise InvalidArgument(

@@ -20,11 +20,13 @@ from twisted.logger import Logger
 from v2d.aio import as_future
 from v2d.errors import InvalidArgument, V2DError
 from v2d.grpc._convert import (
+    SplitInferRequest,
     decode_infer_request,
     encode_infer_response,
     metadata_headers,
     response_metadata,
     serialize_infer_response,
+    split_infer_request,
 )
 from v2d.grpc._messages import SERVICE_NAME, pb
 from v2d.modelconfig import model_config
@@ -98,11 +100,18 @@ def _serializer(cls: Any) -> Callable[[Any], bytes]:
     return dump
 
 
+#: Requests at least this big keep their raw contents as views of the wire bytes.
+SPLIT_AT = 64 * 1024
+
+
 def _deserializer(cls: Any) -> Callable[[bytes], Any]:
     type_name = cls.DESCRIPTOR.full_name
+    split = cls.DESCRIPTOR.full_name == "inference.ModelInferRequest"
 
     def parse(data: bytes) -> Any:
         try:
+            if split and len(data) >= SPLIT_AT:
+                return split_infer_request(cls, data)
             return cls.FromString(data)
         except DecodeError as e:
             return Undecodable(type_name, str(e))
@@ -177,7 +186,12 @@ class InferenceServicer:
 
     @_unary
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        name, version, payload, raw = decode_infer_request(request)
+        if isinstance(request, SplitInferRequest):
+            name, version, payload, raw = decode_infer_request(
+                request.message, raw_contents=request.raw_contents
+            )
+        else:
+            name, version, payload, raw = decode_infer_request(request)
         attach_headers(payload, metadata_headers(context.invocation_metadata()))
         response = await as_future(self.dataplane.infer(name, version, payload))
         headers = take_headers(response)
