@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, AsyncIterator, Callable, Dict, Optional
+from typing import Any, AsyncIterator, Callable, Dict
 
 import grpc
 from google.protobuf import json_format
@@ -29,8 +29,9 @@ from v2d.grpc._convert import (
     split_infer_request,
 )
 from v2d.grpc._messages import SERVICE_NAME, pb
+from v2d.headers import attach_headers, take_headers
 from v2d.modelconfig import model_config
-from v2d.types import HeaderDict, InferenceRequest, InferenceResponse, Parameters
+from v2d.types import HeaderDict, InferenceRequest, InferenceResponse
 
 __all__ = ["InferenceServicer", "STATUS_OF_KIND", "status_of"]
 
@@ -117,24 +118,6 @@ def _deserializer(cls: Any) -> Callable[[bytes], Any]:
             return Undecodable(type_name, str(e))
 
     return parse
-
-
-def attach_headers(payload: InferenceRequest, headers: HeaderDict) -> None:
-    """Put the call's metadata into ``payload.parameters.headers``."""
-    if payload.parameters is None:
-        payload.parameters = Parameters(headers=headers)
-    else:
-        payload.parameters.headers = headers
-
-
-def take_headers(response: InferenceResponse) -> Optional[Dict[str, Any]]:
-    """Remove and return ``response.parameters.headers``."""
-    params = response.parameters
-    if params is None or not params.headers:
-        return None
-    headers = params.headers
-    params.headers = None
-    return headers
 
 
 class InferenceServicer:

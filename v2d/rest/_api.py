@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from v2d.aio import as_deferred
 from v2d.errors import Unimplemented, V2DError
+from v2d.headers import attach_headers, take_headers
 from v2d.modelconfig import model_config
 from v2d.rest._binary import HEADER_LENGTH, decode_infer_body, encode_infer_body
 from v2d.rest._json import (
@@ -27,7 +28,7 @@ from v2d.rest._json import (
     error_body,
     parse_json_object,
 )
-from v2d.types import HeaderDict, InferenceRequest, InferenceResponse, Parameters
+from v2d.types import HeaderDict, InferenceRequest, InferenceResponse
 
 __all__ = ["HOP_BY_HOP", "RestAPI", "STATUS_OF_KIND"]
 
@@ -129,30 +130,6 @@ def request_headers(request: Any) -> HeaderDict:
     return headers
 
 
-def attach_headers(payload: InferenceRequest, headers: HeaderDict) -> None:
-    """Put transport headers into ``payload.parameters.headers``."""
-    if payload.parameters is None:
-        payload.parameters = Parameters(headers=headers)
-    elif payload.parameters.headers:
-        merged = HeaderDict(payload.parameters.headers)
-        merged.update(headers)
-        payload.parameters.headers = merged
-    else:
-        payload.parameters.headers = headers
-
-
-def take_response_headers(response: InferenceResponse) -> Optional[Dict[str, str]]:
-    """Remove and return ``response.parameters.headers``."""
-    params = response.parameters
-    if params is None or not params.headers:
-        return None
-    headers = params.headers
-    params.headers = None
-    if not params.to_dict():
-        response.parameters = None
-    return headers
-
-
 def send_headers(request: Any, headers: Optional[Dict[str, Any]]) -> None:
     """Set a model's response headers on the HTTP response (hop-by-hop and framing ones dropped)."""
     if not headers:
@@ -192,7 +169,7 @@ async def send_event_stream(request: Any, model: Any, payload: InferenceRequest,
                 response.model_name = model.name
             if response.model_version is None:
                 response.model_version = model.version
-            headers = take_response_headers(response)
+            headers = take_headers(response)
             if not started:
                 started = True
                 request.setHeader(b"content-type", b"text/event-stream")
@@ -308,7 +285,7 @@ class RestAPI:
         d = self.dataplane.infer(name, version, payload)
 
         def encode(response: InferenceResponse) -> bytes:
-            headers = take_response_headers(response)
+            headers = take_headers(response)
             body = self.encode_infer(request, response, payload)
             send_headers(request, headers)
             return body
