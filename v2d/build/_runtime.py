@@ -202,7 +202,7 @@ def _read_settings(root: str) -> Dict[str, Any]:
     return values
 
 
-def _split_strports(description: str) -> List[str]:
+def split_strports(description: str) -> List[str]:
     """Split a strports description on unescaped colons."""
     parts, current, escaped = [], "", False
     for char in description:
@@ -222,7 +222,7 @@ def _split_strports(description: str) -> List[str]:
 
 def strports_tcp_port(description: str) -> Optional[int]:
     """The TCP port of a ``tcp:``/``tcp6:``/``ssl:`` strports description, else None."""
-    parts = _split_strports(description.strip())
+    parts = split_strports(description.strip())
     if len(parts) == 1 and parts[0].isdigit():
         return int(parts[0])
     if parts[0].lower() not in ("tcp", "tcp6", "ssl"):

@@ -16,6 +16,7 @@ import ssl
 import sys
 from typing import Optional, Sequence
 
+from v2d.build._runtime import split_strports
 from v2d.settings import Settings, SettingsError
 
 __all__ = ["check", "main"]
@@ -38,18 +39,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def _parse(description: str) -> "tuple[str, list[str], dict[str, str]]":
-    parts, current, escaped = [], "", False
-    for char in description.strip():
-        if escaped:
-            current, escaped = current + char, False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
+    parts = split_strports(description.strip())
     if len(parts) == 1 and parts[0].isdigit():
         return "tcp", [parts[0]], {}
     args = [p for p in parts[1:] if "=" not in p]
