@@ -104,12 +104,8 @@ def content_type_parameters(content_type: Optional[str]) -> Optional[Parameters]
     return Parameters(content_type=content_type) if content_type else None
 
 
-class InputCodec:
-    """
-    Converts one tensor (a ``RequestInput`` or ``ResponseOutput``) to and from a Python
-    type. ``ContentType`` names it in ``parameters.content_type``; ``TypeHint`` is the
-    Python type ``decode_args`` maps to it.
-    """
+class _Codec:
+    """What every codec has: a content type, a type hint, and how it is looked up by them."""
 
     ContentType: ClassVar[str] = ""
     TypeHint: ClassVar[Any] = type(None)
@@ -125,6 +121,14 @@ class InputCodec:
         if cls.TypeHint is type(None):
             return False
         return hint_key(cls.TypeHint) == hint_key(type_hint)
+
+
+class InputCodec(_Codec):
+    """
+    Converts one tensor (a ``RequestInput`` or ``ResponseOutput``) to and from a Python
+    type. ``ContentType`` names it in ``parameters.content_type``; ``TypeHint`` is the
+    Python type ``decode_args`` maps to it.
+    """
 
     @classmethod
     def encode_output(cls, name: str, payload: Any, **kwargs: Any) -> ResponseOutput:
@@ -240,26 +244,11 @@ class BytesItemCodec(InputCodec):
         return cls._decode_items(request_input)
 
 
-class RequestCodec:
+class RequestCodec(_Codec):
     """
     Converts a whole request (response) to and from a Python type spanning several
     tensors, such as a DataFrame with one input per column.
     """
-
-    ContentType: ClassVar[str] = ""
-    TypeHint: ClassVar[Any] = type(None)
-
-    @classmethod
-    def can_encode(cls, payload: Any) -> bool:
-        """Whether this codec can encode ``payload``."""
-        return False
-
-    @classmethod
-    def matches_type_hint(cls, type_hint: Any) -> bool:
-        """Whether a parameter or return annotated ``type_hint`` uses this codec."""
-        if cls.TypeHint is type(None):
-            return False
-        return hint_key(cls.TypeHint) == hint_key(type_hint)
 
     @classmethod
     def encode_response(
