@@ -158,3 +158,36 @@ def test_shared_memory_frames_may_only_name_the_shm_folder(tmp_path):
     with pytest.raises(WireError):
         SharedMemory.take(_wire.SIZE.pack(1) + os.fsencode(str(path)))
     assert path.exists()
+
+
+def test_write_all_writes_every_chunk_in_order_through_a_pipe():
+    r, w = os.pipe()
+    try:
+        chunks = [b"head", memoryview(np.arange(4, dtype=np.float32)).cast("B"), b"", bytearray(b"tail")]
+        _wire.write_all(w, chunks * 3)
+        os.close(w)
+        w = -1
+        got = b""
+        while True:
+            data = os.read(r, 1 << 16)
+            if not data:
+                break
+            got += data
+        assert got == b"".join(bytes(c) for c in chunks) * 3
+    finally:
+        os.close(r)
+        if w != -1:
+            os.close(w)
+
+
+def test_write_all_goes_on_after_short_writes(monkeypatch):
+    written = []
+
+    def short_writev(fd, views):  # the kernel may take less than offered
+        first = bytes(views[0][:3]) if len(views[0]) > 3 else bytes(views[0])
+        written.append(first)
+        return len(first)
+
+    monkeypatch.setattr(_wire.os, "writev", short_writev)
+    _wire.write_all(99, [b"abcdefg", b"hi", b"jklmnop"])
+    assert b"".join(written) == b"abcdefghijklmnop"

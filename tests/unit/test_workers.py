@@ -8,8 +8,10 @@ answers on fd 4 with the wire's own encoder.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List
 
+import numpy as np
 import pytest
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -350,3 +352,69 @@ def test_describe_exit():
     assert describe_exit(Failure(ProcessDone(0))) == "exited with code 0"
     assert describe_exit(Failure(ProcessTerminated(3))) == "exited with code 3"
     assert describe_exit(Failure(ProcessTerminated(None, 15))) == "was killed by signal 15 (SIGTERM)"
+
+
+class _PipeWriter:
+    """What the pool reads of Twisted's pipe writer: its fd and buffer state."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.connected = True
+        self.disconnecting = False
+        self._tempDataLen = 0
+        self.dataBuffer = b""
+        self.offset = 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+class _PipeTransport:
+    """A transport with a real pipe to the child (as spawnProcess makes) and a queue behind it."""
+
+    def __init__(self, fd: int) -> None:
+        self.pipes = {CHILD_IN: _PipeWriter(fd)}
+        self.queued: List[bytes] = []
+
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        self.queued.append(data)
+        self.pipes[CHILD_IN]._tempDataLen += len(data)
+
+
+def _drain(fd: int) -> bytes:
+    out = b""
+    while True:
+        try:
+            data = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return out
+        if not data:
+            return out
+        out += data
+
+
+def test_requests_are_written_to_the_pipe_at_once_and_the_rest_queued_in_order():
+    import fcntl
+
+    from v2d.workers._pool import _write_to_child
+
+    r, w = os.pipe()
+    try:
+        for fd in (r, w):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        transport = _PipeTransport(w)
+        small = encode_message(("predict", 1, np.arange(4, dtype=np.float32)))
+        _write_to_child(transport, small)
+        assert not transport.queued  # straight into the pipe
+
+        # bigger than the pipe holds: what it took, then the rest queued, in order
+        big = encode_message(("predict", 2, np.ones(1 << 18, dtype=np.float64)))
+        _write_to_child(transport, big)
+        assert transport.queued
+        # with bytes queued, nothing jumps the queue
+        _write_to_child(transport, small)
+        got = _drain(r) + b"".join(transport.queued)
+        assert got == b"".join(bytes(c) for c in small + big + small)
+    finally:
+        os.close(r)
+        os.close(w)

@@ -2,10 +2,13 @@
 The worker child: serves one model's runtime over the wire, on an asyncio loop.
 
 Started by ``v2d.workers._bootstrap`` in the environment's interpreter (isolated
-mode). It reads messages from ``in_fd`` (a reader thread), runs them on an asyncio
-loop (so ``async def`` runtimes serve requests concurrently) and writes replies to
-``out_fd``. Anything the runtime prints goes to the child's stdout/stderr, which the
-server re-logs; the wire has fds of its own.
+mode). One asyncio loop does everything: it reads ``in_fd`` when readable (as much as
+is there, decoding every complete message), calls a plain ``predict`` at once and runs
+an ``async def`` one as a task (so those serve requests concurrently), and writes the
+replies to ``out_fd`` together, once per pass of the loop: under load a whole batch of
+requests costs the server one write and one wake-up, not one per request. Anything
+the runtime prints goes to the child's stdout/stderr, which the server re-logs; the
+wire has fds of its own.
 
 Messages are tuples ``(op, request_id, body)``. From the server: ``load`` (model
 settings), ``predict`` (a request), ``stream_open`` / ``stream_item`` /
@@ -28,8 +31,9 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
-from typing import Any, AsyncIterator, Dict, Optional
+from typing import Any, AsyncIterator, Dict, List, Optional
 
 from v2d._version import __version__
 from v2d.workers import _errors, _handshake, _wire
@@ -38,6 +42,10 @@ __all__ = ["main"]
 
 #: Seconds a child waits for its loop to finish once its input closed, before it exits anyway.
 EXIT_GRACE = 5.0
+#: Bytes read from the server at a time.
+READ_SIZE = 1 << 20
+#: A plain predict slower than this (seconds) gets the replies queued before it sent first.
+SLOW_PREDICT = 0.0005
 _END = object()
 
 
@@ -57,10 +65,16 @@ def _streams(runtime: Any) -> bool:
 class ChildServer:
     """Serves the messages of one server connection."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, out: Any, shm: Optional[_wire.SharedMemory]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, out_fd: int, shm: Optional[_wire.SharedMemory]
+    ) -> None:
         self.loop = loop
-        self.out = out
+        self.out_fd = out_fd
         self.shm = shm
+        self._out: List[Any] = []
+        self._flush_scheduled = False
+        #: Seconds the last plain predict took: replies wait for no slow predict.
+        self._last_cost = 0.0
         self.runtime: Any = None
         self.namespace: Any = None
         self.tasks: Dict[int, asyncio.Task] = {}
@@ -69,6 +83,7 @@ class ChildServer:
     # -- output ---------------------------------------------------------------
 
     def send(self, op: str, rid: int, body: Any = None) -> None:
+        """Queue a reply; queued replies go out together (``flush``)."""
         try:
             chunks = _wire.encode_message((op, rid, body), self.shm)
         except Exception as exc:  # an unpicklable result: report it instead
@@ -76,11 +91,17 @@ class ChildServer:
                 raise
             reason = f"cannot send the {op} of request {rid} to the server: {type(exc).__name__}: {exc}"
             chunks = _wire.encode_message(("error", rid, _errors.describe(TypeError(reason))), self.shm)
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                n = self.out.write(view)
-                view = view[n:]
+        self._out.extend(chunks)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every queued reply (blocking: the server always reads)."""
+        self._flush_scheduled = False
+        chunks, self._out = self._out, []
+        if chunks:
+            _wire.write_all(self.out_fd, chunks)
 
     def fail(self, rid: int, exc: BaseException) -> None:
         if not isinstance(exc, (_v2d_error(), NotImplementedError)):
@@ -89,10 +110,17 @@ class ChildServer:
 
     # -- dispatch -------------------------------------------------------------
 
+    def received(self, kind: str, message: Any) -> None:
+        """A message from the server (``FrameDecoder``'s callback)."""
+        if kind == "pickle":
+            self.handle(message)
+        else:  # a message that cannot be unpickled, or JSON after the handshake
+            raise _wire.WireError(f"unexpected {kind} message from the server: {message!r}")
+
     def handle(self, message: Any) -> None:
         op, rid, body = message
         if op == "predict":
-            self._spawn(rid, self._predict(rid, body))
+            self._predict_now(rid, body)
         elif op == "stream_open":
             self.queues[rid] = asyncio.Queue()
             self._spawn(rid, self._stream(rid))
@@ -159,11 +187,28 @@ class ChildServer:
             self.runtime = self.namespace = None
             gc.collect()
 
-    async def _predict(self, rid: int, payload: Any) -> None:
+    def _predict_now(self, rid: int, payload: Any) -> None:
+        """Call ``predict``; a plain result is queued at once, an awaitable becomes a task."""
+        if self._last_cost > SLOW_PREDICT and self._out:
+            self.flush()  # the replies already made need not wait for this one
+        started = time.perf_counter()
         try:
             if self.runtime is None:
                 raise _v2d_unavailable()("the worker has no model loaded")
-            response = await _resolve(self.runtime.predict(payload))
+            result = self.runtime.predict(payload)
+        except Exception as exc:
+            self.fail(rid, exc)
+            return
+        finally:
+            self._last_cost = time.perf_counter() - started
+        if inspect.isawaitable(result):
+            self._spawn(rid, self._predict(rid, result))
+        else:
+            self.send("result", rid, result)
+
+    async def _predict(self, rid: int, pending: Any) -> None:
+        try:
+            response = await pending
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -212,33 +257,46 @@ def _finish(done: asyncio.Future) -> None:
         done.set_result(None)
 
 
-def _reader(stream: Any, loop: asyncio.AbstractEventLoop, server: ChildServer, done: asyncio.Future) -> None:
-    """Read messages until the input closes; hand each to the loop."""
-    try:
-        while True:
-            message = _wire.read_message(stream)
-            if message is None:
-                break
-            loop.call_soon_threadsafe(server.handle, message[1])
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        try:
-            loop.call_soon_threadsafe(_finish, done)
-        except RuntimeError:  # the loop is already closed
-            pass
+def _serve_input(
+    in_fd: int, loop: asyncio.AbstractEventLoop, server: ChildServer, done: asyncio.Future
+) -> None:
+    """Read and dispatch messages whenever ``in_fd`` is readable, until it closes."""
+    decoder = _wire.FrameDecoder(server.received)
+
+    def ended() -> None:
+        loop.remove_reader(in_fd)
+        _finish(done)
         timer = threading.Timer(EXIT_GRACE, os._exit, (0,))
         timer.daemon = True
         timer.start()
+
+    def readable() -> None:
+        try:
+            data = os.read(in_fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            ended()
+            return
+        try:
+            decoder.feed(data)
+        except BaseException:
+            traceback.print_exc()
+            ended()
+            return
+        server.flush()
+
+    loop.add_reader(in_fd, readable)
 
 
 def main(in_fd: int, out_fd: int) -> None:
     """The child's whole life: handshake, then serve until the input closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    stream = os.fdopen(in_fd, "rb", buffering=0)
-    out = os.fdopen(out_fd, "wb", buffering=0)
+    stream = os.fdopen(in_fd, "rb", buffering=0, closefd=False)
     hello = _handshake.describe(_wire.WIRE_VERSION, __version__)
-    out.write(_wire.encode_json(hello))
+    _wire.write_all(out_fd, [_wire.encode_json(hello)])
     answer = _wire.read_message(stream)
     if answer is None or answer[0] != "json" or not answer[1].get("ok"):
         sys.exit(2)
@@ -250,10 +308,9 @@ def main(in_fd: int, out_fd: int) -> None:
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    server = ChildServer(loop, out, shm)
+    server = ChildServer(loop, out_fd, shm)
     done = loop.create_future()
-    thread = threading.Thread(target=_reader, args=(stream, loop, server, done), name="v2d-wire", daemon=True)
-    thread.start()
+    _serve_input(in_fd, loop, server, done)
     try:
         loop.run_until_complete(done)
         pending = [t for t in server.tasks.values() if not t.done()]
@@ -267,6 +324,10 @@ def main(in_fd: int, out_fd: int) -> None:
             except Exception:
                 traceback.print_exc()
     finally:
+        try:
+            server.flush()
+        except OSError:  # the server is gone
+            pass
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

@@ -23,7 +23,7 @@ import itertools
 import os
 import signal
 import sys
-from typing import Any, AsyncIterator, Callable, Deque, Dict, List, Optional
+from typing import Any, AsyncIterator, Callable, Deque, Dict, List, Optional, Tuple
 
 import attrs
 from twisted.internet import error as twisted_error
@@ -70,6 +70,49 @@ def describe_exit(reason: Failure) -> str:
 def _child_prefix(shm: _wire.SharedMemory) -> str:
     """The shared-memory file prefix of the child (the parent's ends in -p, the child's in -c)."""
     return shm.prefix[:-2] + "-c"
+
+
+def _write_to_child(transport: Any, chunks: List[Any]) -> None:
+    """Send a message's chunks to the child: at once what the pipe takes, queued the rest."""
+    done, part = _write_now(transport, chunks)
+    for i in range(done, len(chunks)):
+        chunk = chunks[i]
+        if i == done and part:
+            chunk = memoryview(chunk).cast("B")[part:]
+        transport.writeToChild(CHILD_IN, chunk if isinstance(chunk, bytes) else bytes(chunk))
+
+
+def _write_now(transport: Any, chunks: List[Any]) -> Tuple[int, int]:
+    """
+    Write what the child's input pipe takes right now, when nothing is queued before
+    it: (whole chunks written, bytes of the next one written). What is left goes
+    through the transport, which writes it when the pipe drains. Writing at once spares
+    the transport's writable-then-not cycle, four ``epoll_ctl`` calls and a pass of the
+    loop per request, on the server's busiest path.
+    """
+    writer = getattr(transport, "pipes", {}).get(CHILD_IN)
+    if writer is None or not _write_idle(writer):
+        return (0, 0)
+    views = [memoryview(c).cast("B") for c in chunks]
+    try:
+        n = os.writev(writer.fileno(), views[: _wire.IOV_MAX])
+    except OSError:  # full (EAGAIN) or broken: the transport takes it from here
+        return (0, 0)
+    i = 0
+    while i < len(views) and n >= len(views[i]):
+        n -= len(views[i])
+        i += 1
+    return (i, n)
+
+
+def _write_idle(writer: Any) -> bool:
+    """Whether a Twisted pipe writer is connected and has nothing buffered."""
+    return (
+        writer.connected
+        and not writer.disconnecting
+        and not writer._tempDataLen
+        and len(writer.dataBuffer) <= writer.offset
+    )
 
 
 class _WorkerProtocol(ProcessProtocol):
@@ -207,8 +250,7 @@ class Worker:
         self.transport.writeToChild(CHILD_IN, _wire.encode_json(obj))
 
     def _send(self, op: str, rid: int, body: Any = None) -> None:
-        for chunk in _wire.encode_message((op, rid, body), self.shm):
-            self.transport.writeToChild(CHILD_IN, chunk if isinstance(chunk, bytes) else bytes(chunk))
+        _write_to_child(self.transport, _wire.encode_message((op, rid, body), self.shm))
 
     def call(self, op: str, body: Any = None) -> Deferred:
         """Send one request; a Deferred for its reply."""

@@ -45,6 +45,7 @@ __all__ = [
     "encode_message",
     "loads",
     "read_message",
+    "write_all",
 ]
 
 #: Bumped whenever the framing or the message vocabulary changes incompatibly.
@@ -62,6 +63,9 @@ KIND_SHM = b"S"
 
 #: Where shared-memory frames may point.
 SHM_DIRECTORIES = {"/dev/shm"}
+
+#: Buffers handed to one ``writev`` call at most (POSIX guarantees 16; Linux takes 1024).
+IOV_MAX = max(16, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
 
 #: Frames this large are refused (a corrupt stream, not a real message).
 MAX_FRAME = 1 << 40
@@ -240,6 +244,22 @@ def encode_message(obj: Any, shm: Optional[SharedMemory] = None) -> List[Any]:
             chunks.append(HEADER.pack(KIND_BUFFER, len(view)))
             chunks.append(view)
     return chunks
+
+
+def write_all(fd: int, chunks: List[Any]) -> None:
+    """Write byte chunks to a blocking file descriptor, in order, with as few calls as can be."""
+    views = [memoryview(c).cast("B") for c in chunks if len(c)]
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i:i + IOV_MAX])
+        while n and i < len(views):
+            size = len(views[i])
+            if n >= size:
+                n -= size
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
 
 
 # -- decoding, push style (the parent, fed by the reactor) ---------------------------
