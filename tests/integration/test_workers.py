@@ -17,6 +17,7 @@ import signal
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import List
 
 import pytest
@@ -302,3 +303,66 @@ def test_sigkill_of_the_daemon_leaves_no_child(models, tmp_path):
         d.process.send_signal(signal.SIGKILL)
         d.process.wait(10)
         assert wait_gone(children, timeout=15) == [], "children exit when the server's end of the wire closes"
+
+
+def shm_files(pid: int) -> List[str]:
+    """The shared-memory segments of a server process and its workers."""
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"v2d-{pid}-"))
+
+
+def infer_big(d: Daemon, model: str, x):
+    """One gRPC request with ``x`` as raw contents (tritonclient), the output ``y`` back."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(d.grpc_address) as client:
+        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput("y")])
+        return result.as_numpy("y")
+
+
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no writable /dev/shm on this machine")
+def test_big_tensors_cross_through_reused_shared_memory_and_leave_nothing(models, tmp_path):
+    import numpy as np
+
+    x = np.random.default_rng(1).random(3 << 18, dtype=np.float32)  # 3 MiB: through /dev/shm
+    d = Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"))
+    with d:
+        wait_ready(d)
+        assert d.process is not None
+        pid = d.process.pid
+        np.testing.assert_array_equal(infer_big(d, "slow", x), x * 2)
+        np.testing.assert_array_equal(infer_big(d, "slow", x + 1), (x + 1) * 2)
+        segments = shm_files(pid)
+        assert segments, "3 MiB tensors go through shared memory"
+        for i in range(8):
+            np.testing.assert_array_equal(infer_big(d, "slow", x + i), (x + i) * 2)
+        assert shm_files(pid) == segments, "the same segments serve every request"
+
+        # concurrent requests each get a segment of their own, and correct answers
+        with ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda i: (i, infer_big(d, "echo", x + i)), range(16)))
+        for i, y in outs:
+            np.testing.assert_array_equal(y, (x + i) * 2)
+        assert d.stop() in (0, -signal.SIGTERM)
+    assert shm_files(pid) == [], "a clean stop leaves no shared memory behind"
+
+
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no writable /dev/shm on this machine")
+def test_shared_memory_of_a_killed_server_is_swept_by_the_next(models, tmp_path):
+    import numpy as np
+
+    x = np.ones(3 << 18, dtype=np.float32)
+    first = Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"))
+    with first:
+        wait_ready(first)
+        assert first.process is not None
+        pid = first.process.pid
+        np.testing.assert_array_equal(infer_big(first, "slow", x), x * 2)
+        assert shm_files(pid)
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+    assert shm_files(pid), "nothing could clean up after SIGKILL"
+    with Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"), grpc=False) as second:
+        wait_ready(second)
+        assert shm_files(pid) == [], "the next server removed them"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import pickle
@@ -127,22 +128,62 @@ def test_unpicklable_payload_is_reported_not_raised():
     assert isinstance(got[0][1], pickle.UnpicklingError)
 
 
-@pytest.mark.skipif(SharedMemory.default("v2d-test") is None, reason="no writable /dev/shm on this machine")
-def test_shared_memory_carries_big_buffers_and_cleans_up():
-    shm = SharedMemory.default(f"v2d-test-{os.getpid()}", threshold=1024)
-    assert shm is not None
-    value = np.arange(10_000, dtype="<i8")
-    chunks = encode_message(("result", 1, value), shm)
-    stream = _bytes(chunks)
-    assert len(stream) < value.nbytes, "the data went through shared memory"
-    assert any(n.startswith(shm.prefix) for n in os.listdir("/dev/shm"))
-    ((kind, (op, rid, back)),) = _decode_all(stream)
-    np.testing.assert_array_equal(back, value)
-    back[0] = 42  # writable, private
-    assert not any(n.startswith(shm.prefix + "-") for n in os.listdir("/dev/shm")), "unlinked once taken"
+needs_shm = pytest.mark.skipif(
+    SharedMemory.default("v2d-test") is None, reason="no writable /dev/shm on this machine"
+)
 
 
-@pytest.mark.skipif(SharedMemory.default("v2d-test") is None, reason="no writable /dev/shm on this machine")
+def _files(prefix: str):
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix + "-"))
+
+
+@needs_shm
+def test_shared_memory_lends_segments_and_reuses_them_once_released():
+    sender = SharedMemory.default(f"v2d-test-{os.getpid()}-s", threshold=1024)
+    receiver = SharedMemory.default(f"v2d-test-{os.getpid()}-r", threshold=1024)
+    try:
+        value = np.arange(10_000, dtype="<i8")
+        stream = _bytes(encode_message(("result", 1, value), sender))
+        assert len(stream) < value.nbytes, "the data went through shared memory"
+        (segment,) = _files(sender.prefix)
+
+        got = []
+        decoder = FrameDecoder(lambda kind, obj: got.append(obj), receiver)
+        decoder.feed(stream)
+        (_, _, back) = got.pop()
+        np.testing.assert_array_equal(back, value)
+        back[0] = 42  # writable
+        view = back[10:20]
+        del back
+        gc.collect()
+        assert receiver.released == [], "still in use through a view"
+        del view
+        gc.collect()
+        assert receiver.take_released() == [f"/dev/shm/{segment}"]
+
+        # the sender gets it back and the next buffer goes into the same file
+        sender.release([f"/dev/shm/{segment}"])
+        decoder.feed(_bytes(encode_message(("result", 2, value + 1), sender)))
+        assert _files(sender.prefix) == [segment]
+        np.testing.assert_array_equal(got.pop()[2], value + 1)
+    finally:
+        sender.close()
+    assert _files(sender.prefix) == [], "close() unlinks the side's segments"
+
+
+@needs_shm
+def test_shared_memory_keeps_at_most_keep_bytes_of_free_segments():
+    sender = SharedMemory.default(f"v2d-keep-{os.getpid()}", threshold=1, keep=1 << 20)
+    try:
+        paths = [_wire._shm_frame(sender.put(memoryview(bytes(1000))))[1] for _ in range(3)]
+        assert len(_files(sender.prefix)) == 3
+        sender.release(paths)
+        assert len(_files(sender.prefix)) == 1, "one 1 MiB segment kept, the others unlinked"
+    finally:
+        sender.close()
+
+
+@needs_shm
 def test_sweep_removes_what_a_dead_peer_left():
     shm = SharedMemory.default(f"v2d-sweep-{os.getpid()}", threshold=1)
     assert shm is not None
@@ -150,14 +191,49 @@ def test_sweep_removes_what_a_dead_peer_left():
     shm.put(memoryview(b"def"))
     assert shm.sweep() == 2
     assert shm.sweep() == 0
+    shm.close()
+
+
+@needs_shm
+def test_sweep_orphans_removes_the_files_of_servers_that_no_longer_run():
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = f"/dev/shm/v2d-{dead.pid}-1-p-1"
+    mine = f"/dev/shm/v2d-{os.getpid()}-1-p-1"
+    for path in (orphan, mine):
+        with open(path, "wb") as f:
+            f.write(b"x")
+    try:
+        assert _wire.sweep_orphans() >= 1
+        assert not os.path.exists(orphan)
+        assert os.path.exists(mine), "a running server's files stay"
+    finally:
+        for path in (orphan, mine):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def test_shared_memory_frames_may_only_name_the_shm_folder(tmp_path):
     path = tmp_path / "elsewhere"
     path.write_bytes(b"x")
     with pytest.raises(WireError):
-        SharedMemory.take(_wire.SIZE.pack(1) + os.fsencode(str(path)))
+        SharedMemory(str(tmp_path), "v2d-x", 1).take(_wire.SIZE.pack(1) + os.fsencode(str(path)))
     assert path.exists()
+
+
+def test_a_shared_memory_frame_without_shared_memory_is_a_wire_error():
+    payload = _wire.SIZE.pack(1) + b"/dev/shm/v2d-1-1-p-1"
+    frames = encode_message(("result", 1, None))
+    head = _bytes(frames)
+    # a head announcing one buffer, then an S frame
+    body = head[_wire.HEADER.size + _wire.COUNT.size :]
+    announce = _wire.HEADER.pack(_wire.KIND_PICKLE, _wire.COUNT.size + len(body)) + _wire.COUNT.pack(1) + body
+    with pytest.raises(WireError):
+        FrameDecoder(lambda kind, obj: None).feed(
+            announce + _wire.HEADER.pack(_wire.KIND_SHM, len(payload)) + payload
+        )
 
 
 def test_write_all_writes_every_chunk_in_order_through_a_pipe():

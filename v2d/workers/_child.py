@@ -100,6 +100,9 @@ class ChildServer:
         """Write every queued reply (blocking: the server always reads)."""
         self._flush_scheduled = False
         chunks, self._out = self._out, []
+        if self.shm is not None and self.shm.released:
+            # the server's segments this side is done with go back, to be reused
+            chunks += _wire.encode_message(("release", 0, self.shm.take_released()))
         if chunks:
             _wire.write_all(self.out_fd, chunks)
 
@@ -124,6 +127,9 @@ class ChildServer:
         elif op == "stream_open":
             self.queues[rid] = asyncio.Queue()
             self._spawn(rid, self._stream(rid))
+        elif op == "release":
+            if self.shm is not None:
+                self.shm.release(body)
         elif op == "stream_item":
             queue = self.queues.get(rid)
             if queue is not None:
@@ -261,7 +267,7 @@ def _serve_input(
     in_fd: int, loop: asyncio.AbstractEventLoop, server: ChildServer, done: asyncio.Future
 ) -> None:
     """Read and dispatch messages whenever ``in_fd`` is readable, until it closes."""
-    decoder = _wire.FrameDecoder(server.received)
+    decoder = _wire.FrameDecoder(server.received, server.shm)
 
     def ended() -> None:
         loop.remove_reader(in_fd)
@@ -302,7 +308,8 @@ def main(in_fd: int, out_fd: int) -> None:
         sys.exit(2)
     prefix = answer[1].get("shm_prefix")
     threshold = int(answer[1].get("shm_threshold") or 0)
-    shm = _wire.SharedMemory.default(prefix, threshold) if prefix and threshold else None
+    keep = int(answer[1].get("shm_keep") or _wire.DEFAULT_KEEP)
+    shm = _wire.SharedMemory.default(prefix, threshold, keep) if prefix and threshold else None
 
     import v2d.runtime  # noqa: F401 - the runtime's base class and codecs, before any model
 

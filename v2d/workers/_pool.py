@@ -120,7 +120,7 @@ class _WorkerProtocol(ProcessProtocol):
 
     def __init__(self, worker: "Worker") -> None:
         self.worker = worker
-        self.decoder = _wire.FrameDecoder(worker.received)
+        self.decoder = _wire.FrameDecoder(worker.received, worker.shm)
         self.partial: Dict[int, bytes] = {1: b"", 2: b""}
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -228,7 +228,9 @@ class Worker:
             return
         answer: Dict[str, Any] = {"ok": True}
         if self.shm is not None:
-            answer.update(shm_prefix=_child_prefix(self.shm), shm_threshold=self.shm.threshold)
+            answer.update(
+                shm_prefix=_child_prefix(self.shm), shm_threshold=self.shm.threshold, shm_keep=self.shm.keep
+            )
         self._write_json(answer)
         self.call("load", self.model.settings).addCallbacks(self._loaded, self._load_failed)
 
@@ -250,7 +252,11 @@ class Worker:
         self.transport.writeToChild(CHILD_IN, _wire.encode_json(obj))
 
     def _send(self, op: str, rid: int, body: Any = None) -> None:
-        _write_to_child(self.transport, _wire.encode_message((op, rid, body), self.shm))
+        chunks = _wire.encode_message((op, rid, body), self.shm)
+        if self.shm is not None and self.shm.released:
+            # the child's segments this side is done with go back first, to be reused
+            chunks = _wire.encode_message(("release", 0, self.shm.take_released())) + chunks
+        _write_to_child(self.transport, chunks)
 
     def call(self, op: str, body: Any = None) -> Deferred:
         """Send one request; a Deferred for its reply."""
@@ -288,6 +294,10 @@ class Worker:
             self.protocol_error(f"cannot unpickle a message: {obj}")
             return
         op, rid, body = obj
+        if op == "release":
+            if self.shm is not None:
+                self.shm.release(body)
+            return
         if op in ("stream_item", "stream_end") or (op == "error" and rid in self._streams):
             queue = self._streams.get(rid)
             if queue is None:
@@ -334,6 +344,7 @@ class Worker:
         self.transport = None
         self.pool.unregister(self)
         if self.shm is not None:
+            self.shm.close()
             self.shm.sweep()
             _wire.SharedMemory(self.shm.directory, _child_prefix(self.shm), 0).sweep()
         for call in (self._term_call, self._kill_call):
@@ -612,6 +623,7 @@ class WorkerPool:
     run_blocking: Optional[Callable[[Callable[[], Any]], Deferred]] = None
     code_dir: Optional[str] = None
     shm_threshold: int = 1 << 20
+    shm_keep: int = _wire.DEFAULT_KEEP
     restart_initial: float = 0.5
     restart_max: float = 30.0
     stable_after: float = 30.0
@@ -624,6 +636,7 @@ class WorkerPool:
     _live: Dict[int, Worker] = attrs.field(factory=dict)
     _restarting: Dict[int, Worker] = attrs.field(factory=dict)
     _serial: Any = attrs.field(factory=lambda: itertools.count(1))
+    _swept: bool = False
     log = Logger()
 
     def __attrs_post_init__(self) -> None:
@@ -657,8 +670,13 @@ class WorkerPool:
 
     def shared_memory(self, worker: Worker) -> Optional[_wire.SharedMemory]:
         """Where a worker's big buffers go (``None``: through the pipe)."""
+        if not self._swept:
+            self._swept = True
+            removed = _wire.sweep_orphans()
+            if removed:
+                self.log.info("removed {n} shared-memory file(s) left by a server that was killed", n=removed)
         prefix = f"v2d-{os.getpid()}-{next(self._serial)}"
-        return _wire.SharedMemory.default(prefix + "-p", self.shm_threshold)
+        return _wire.SharedMemory.default(prefix + "-p", self.shm_threshold, self.shm_keep)
 
     def register(self, worker: Worker) -> None:
         self._live[id(worker)] = worker

@@ -33,7 +33,8 @@ import os
 import pickle
 import struct
 import sys
-from typing import Any, Callable, List, Optional, Tuple
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = [
     "WIRE_VERSION",
@@ -45,11 +46,12 @@ __all__ = [
     "encode_message",
     "loads",
     "read_message",
+    "sweep_orphans",
     "write_all",
 ]
 
 #: Bumped whenever the framing or the message vocabulary changes incompatibly.
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 PICKLE_PROTOCOL = 5
 
 HEADER = struct.Struct("!cQ")
@@ -66,6 +68,14 @@ SHM_DIRECTORIES = {"/dev/shm"}
 
 #: Buffers handed to one ``writev`` call at most (POSIX guarantees 16; Linux takes 1024).
 IOV_MAX = max(16, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
+
+#: Free shared-memory bytes a side keeps for reuse (per worker and direction).
+DEFAULT_KEEP = 128 << 20
+#: Shared-memory segments are sized in multiples of this, so that they fit again.
+SEGMENT_UNIT = 1 << 20
+PAGE = mmap.PAGESIZE
+#: Pre-faults a mapping in one call (Linux); 0 where there is no such flag.
+MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 #: Frames this large are refused (a corrupt stream, not a real message).
 MAX_FRAME = 1 << 40
@@ -146,61 +156,142 @@ def loads(data: Any, buffers: List[Any]) -> Any:
 # -- shared memory for big buffers -----------------------------------------------
 
 
+class _Segment:
+    """A file of the sender's under the shared-memory folder, mapped for writing."""
+
+    __slots__ = ("path", "capacity", "mapping")
+
+    def __init__(self, path: str, capacity: int, mapping: Any) -> None:
+        self.path = path
+        self.capacity = capacity
+        self.mapping = mapping
+
+
 class SharedMemory:
     """
     Moves buffers of ``threshold`` bytes and more through files under ``directory``
-    (a tmpfs) instead of the pipe. The sender writes and forgets the file; the
-    receiver maps it and unlinks it at once, so the memory lives exactly as long as
-    the received object. ``prefix`` names the files so a parent can sweep what a dead
-    child left.
+    (a tmpfs) instead of the pipe, and reuses those files.
+
+    Each side sends through segments of its own, named ``prefix-N``: ``put`` copies a
+    buffer into a free segment (already mapped and faulted in after its first use, so
+    the copy is a plain memcpy) and lends it to the peer. The peer's ``take`` maps it
+    shared and populated, and when the last object using that mapping is gone, the
+    segment's path is queued in ``released``; the peer sends those back (a
+    ``release`` message) and ``release`` here makes them free again. At most
+    ``keep`` bytes of free segments are kept; the rest are unmapped and unlinked.
+    Files stay in ``directory`` while they live, named by the prefix, so a parent can
+    sweep what a dead child left (and a server, what a dead server left).
     """
 
     _counter = itertools.count(1)
 
-    def __init__(self, directory: str, prefix: str, threshold: int) -> None:
+    def __init__(self, directory: str, prefix: str, threshold: int, keep: int = DEFAULT_KEEP) -> None:
         self.directory = directory
         self.prefix = prefix
         self.threshold = threshold
+        self.keep = keep
+        self.released: List[str] = []
+        self._free: List[_Segment] = []
+        self._lent: Dict[str, _Segment] = {}
 
     @classmethod
-    def default(cls, prefix: str, threshold: int = 1 << 20) -> Optional["SharedMemory"]:
+    def default(
+        cls, prefix: str, threshold: int = 1 << 20, keep: int = DEFAULT_KEEP
+    ) -> Optional["SharedMemory"]:
         """One under ``/dev/shm`` when that is a writable directory, else ``None``."""
         directory = "/dev/shm"
         if threshold <= 0 or not (os.path.isdir(directory) and os.access(directory, os.W_OK)):
             return None
-        return cls(directory, prefix, threshold)
+        return cls(directory, prefix, threshold, keep)
+
+    # -- sending ----------------------------------------------------------------
 
     def put(self, view: memoryview) -> bytes:
-        """Write a buffer to a new file; the ``S`` frame payload naming it."""
+        """Copy a buffer into a segment lent to the peer; the ``S`` frame payload naming it."""
+        size = len(view)
+        segment = self._take_free(size) or self._create(size)
+        if size:
+            segment.mapping[:size] = view
+        self._lent[segment.path] = segment
+        return SIZE.pack(size) + os.fsencode(segment.path)
+
+    def release(self, paths: List[str]) -> None:
+        """The peer is done with these segments: free them (within ``keep``)."""
+        for path in paths:
+            segment = self._lent.pop(path, None)
+            if segment is not None:
+                self._free.append(segment)
+        kept = 0
+        for segment in sorted(self._free, key=lambda s: s.capacity):
+            if kept + segment.capacity > self.keep:
+                self._drop(segment)
+            else:
+                kept += segment.capacity
+        self._free = [s for s in self._free if s.mapping is not None]
+
+    def _take_free(self, size: int) -> Optional[_Segment]:
+        fitting = [s for s in self._free if s.capacity >= size]
+        if not fitting:
+            return None
+        best = min(fitting, key=lambda s: s.capacity)
+        self._free.remove(best)
+        return best
+
+    def _create(self, size: int) -> _Segment:
+        capacity = max(PAGE, -(-size // SEGMENT_UNIT) * SEGMENT_UNIT)
         path = os.path.join(self.directory, f"{self.prefix}-{next(self._counter)}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with os.fdopen(fd, "wb", buffering=0, closefd=False) as f:
-                written = 0
-                while written < len(view):
-                    written += f.write(view[written:])
+            os.ftruncate(fd, capacity)
+            mapping = mmap.mmap(fd, capacity, flags=mmap.MAP_SHARED)
         except BaseException:
             os.unlink(path)
             raise
         finally:
             os.close(fd)
-        return SIZE.pack(len(view)) + os.fsencode(path)
+        return _Segment(path, capacity, mapping)
 
-    @staticmethod
-    def take(payload: bytes) -> Any:
-        """Map the file an ``S`` frame names and unlink it; the mapping (writable, private)."""
-        (size,) = SIZE.unpack_from(payload)
-        path = os.fsdecode(bytes(payload[SIZE.size:]))
-        if os.path.dirname(path) not in SHM_DIRECTORIES:
-            raise WireError(f"shared-memory frame names an unexpected path {path!r}")
-        fd = os.open(path, os.O_RDONLY)
+    def _drop(self, segment: _Segment) -> None:
         try:
-            os.unlink(path)
-            if size == 0:
-                return bytearray()
-            return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            os.unlink(segment.path)
+        except OSError:
+            pass
+        try:
+            segment.mapping.close()
+        except BufferError:  # still exported somewhere: unmapped when that goes
+            pass
+        segment.mapping = None
+
+    def close(self) -> None:
+        """Unlink and unmap every segment of this side (the peer is gone)."""
+        for segment in [*self._free, *self._lent.values()]:
+            self._drop(segment)
+        self._free, self._lent = [], {}
+
+    # -- receiving ----------------------------------------------------------------
+
+    def take(self, payload: bytes) -> Any:
+        """
+        Map the segment an ``S`` frame names (shared, writable, populated); its path
+        is queued in ``released`` once the mapping is no longer used.
+        """
+        size, path = _shm_frame(payload)
+        if size == 0:
+            self.released.append(path)
+            return bytearray()
+        fd = os.open(path, os.O_RDWR)
+        try:
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | MAP_POPULATE)
         finally:
             os.close(fd)
+        done = weakref.finalize(mapping, self.released.append, path)
+        done.atexit = False
+        return mapping
+
+    def take_released(self) -> List[str]:
+        """The segments to hand back to the peer now (and forget them here)."""
+        released, self.released = self.released, []
+        return released
 
     def sweep(self) -> int:
         """Remove files this prefix left (a peer died before taking them); how many."""
@@ -217,6 +308,46 @@ class SharedMemory:
                 except OSError:
                     pass
         return removed
+
+
+def sweep_orphans(directory: str = "/dev/shm", prefix: str = "v2d-") -> int:
+    """
+    Remove ``prefix<pid>-...`` files whose server process no longer runs (it was killed
+    before it could clean up); how many.
+    """
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        pid = name[len(prefix):].partition("-")[0]
+        if not name.startswith(prefix) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's: alive
+        return True
+    return True
+
+
+def _shm_frame(payload: bytes) -> Tuple[int, str]:
+    (size,) = SIZE.unpack_from(payload)
+    path = os.fsdecode(bytes(payload[SIZE.size:]))
+    if os.path.dirname(path) not in SHM_DIRECTORIES or os.path.basename(path).startswith("."):
+        raise WireError(f"shared-memory frame names an unexpected path {path!r}")
+    return size, path
 
 
 # -- encoding -------------------------------------------------------------------
@@ -272,8 +403,9 @@ class FrameDecoder:
     errors are reported as ``("error", exception)``.
     """
 
-    def __init__(self, deliver: Callable[[str, Any], None]) -> None:
+    def __init__(self, deliver: Callable[[str, Any], None], shm: Optional[SharedMemory] = None) -> None:
         self.deliver = deliver
+        self.shm = shm
         self._pending = bytearray()
         self._target: Optional[bytearray] = None
         self._filled = 0
@@ -327,7 +459,7 @@ class FrameDecoder:
         elif kind == KIND_BUFFER:
             self._buffers.append(payload)
         elif kind == KIND_SHM:
-            self._buffers.append(SharedMemory.take(bytes(payload)))
+            self._buffers.append(_take(self.shm, bytes(payload)))
         else:
             raise WireError(f"expected a buffer frame, got a {kind!r} frame")
         if len(self._buffers) == self._expected:
@@ -356,7 +488,13 @@ def _read_exact(stream: Any, n: int) -> Optional[bytearray]:
     return out
 
 
-def read_message(stream: Any) -> Optional[Tuple[str, Any]]:
+def _take(shm: Optional[SharedMemory], payload: bytes) -> Any:
+    if shm is None:
+        raise WireError("a shared-memory frame, but no shared memory was agreed")
+    return shm.take(payload)
+
+
+def read_message(stream: Any, shm: Optional[SharedMemory] = None) -> Optional[Tuple[str, Any]]:
     """
     Read one message from a binary stream (blocking): ``("json", dict)`` or
     ``("pickle", object)``; ``None`` at end of stream.
@@ -387,7 +525,7 @@ def read_message(stream: Any) -> Optional[Tuple[str, Any]]:
         if kind == KIND_BUFFER:
             buffers.append(body)
         elif kind == KIND_SHM:
-            buffers.append(SharedMemory.take(bytes(body)))
+            buffers.append(_take(shm, bytes(body)))
         else:
             raise WireError(f"expected a buffer frame, got a {kind!r} frame")
     return "pickle", loads(memoryview(payload)[COUNT.size:], buffers)
