@@ -17,9 +17,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from v2d._responses import complete_response
 from v2d._version import __version__
 from v2d.errors import FailedPrecondition, Internal, Unavailable, Unimplemented, V2DError
-from v2d.interfaces import IModelRegistry, IModelRepository
+from v2d.interfaces import IEncodedInference, IModelRegistry, IModelRepository
 from v2d.registry import describe_failure
 from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataServerResponse
 
@@ -72,17 +73,50 @@ class DataPlane:
 
     def infer(self, name: str, version: Optional[str], request: InferenceRequest) -> Deferred:
         """Serve one request; a Deferred firing with the InferenceResponse."""
+        model = self._admit(name, version)
+
+        def complete(result: Any) -> InferenceResponse:
+            return complete_response(result, model.name, model.version, request.id)
+
+        return self._serve(model, model.predict, (request,), complete)
+
+    def encoded_model(self, name: str, version: Optional[str], wire: str) -> Optional[Any]:
+        """
+        The ready model, if it takes requests in encoding ``wire`` itself
+        (``IEncodedInference``), else None. Raises as ``infer`` does for a model that
+        is unknown or not ready, or while shutting down.
+        """
+        model = self._admit(name, version)
+        if IEncodedInference.providedBy(model) and wire in model.wires:
+            return model
+        return None
+
+    def infer_encoded(self, model: Any, wire: str, data: bytes, headers: Any) -> Deferred:
+        """
+        Serve one request still in its wire encoding by a model ``encoded_model`` gave;
+        a Deferred firing with (response bytes, response headers or None).
+        """
+        return self._serve(model, model.infer_encoded, (wire, data, headers))
+
+    def _admit(self, name: str, version: Optional[str]) -> Any:
         if self.draining:
             raise Unavailable("server is shutting down")
-        model = self.registry.get(name, version)
+        return self.registry.get(name, version)
+
+    def _serve(
+        self, model: Any, fn: Callable[..., Any], args: tuple, complete: Optional[Callable[[Any], Any]] = None
+    ) -> Deferred:
+        """Call the model, counting the request in flight, completing its result, mapping its failure."""
         self.inflight += 1
         started = time.perf_counter()
         try:
-            d = model.predict(request)
+            d = fn(*args)
         except BaseException:
             d = Deferred()
             d.errback()
-        d.addBoth(self._finish, model, request)
+        if complete is not None:
+            d.addCallback(complete)
+        d.addBoth(self._finish, model)
         if self.observer is not None:
             d.addBoth(self._observe, model, started)
         return d
@@ -95,7 +129,7 @@ class DataPlane:
             self.log.failure("metrics observer failed")
         return result
 
-    def _finish(self, result: Any, model: Any, request: InferenceRequest) -> Any:
+    def _finish(self, result: Any, model: Any) -> Any:
         self.inflight -= 1
         if self.inflight == 0 and self._idle:
             waiting, self._idle = self._idle, []
@@ -103,19 +137,6 @@ class DataPlane:
                 d.callback(None)
         if isinstance(result, Failure):
             return self._map_failure(result, model)
-        if not isinstance(result, InferenceResponse):
-            return Failure(
-                Internal(
-                    f"model '{model.name}' predict() returned {type(result).__name__}, "
-                    "not an InferenceResponse"
-                )
-            )
-        if not result.model_name:
-            result.model_name = model.name
-        if result.model_version is None:
-            result.model_version = model.version
-        if result.id is None:
-            result.id = request.id
         return result
 
     def _map_failure(self, failure: Failure, model: Any) -> Failure:
@@ -139,7 +160,7 @@ class DataPlane:
 
     def end_stream(self, model: Any) -> None:
         """A stream begun with ``begin_stream`` ended."""
-        self._finish(InferenceResponse(model_name=model.name), model, InferenceRequest())
+        self._finish(None, model)
 
     # -- repository extension -------------------------------------------------
 

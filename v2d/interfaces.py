@@ -11,6 +11,7 @@ from __future__ import annotations
 from zope.interface import Attribute, Interface
 
 __all__ = [
+    "IEncodedInference",
     "IModel",
     "IModelFactory",
     "IModelRegistry",
@@ -43,6 +44,23 @@ class IModel(Interface):
 
     def metadata():  # type: ignore[misc]
         """The model's v2d.types.MetadataModelResponse."""
+
+
+class IEncodedInference(Interface):
+    """
+    A model that can take a request still in its wire encoding and answer in it,
+    decoding and encoding where it runs (a worker process does, sparing the server's
+    loop that work). Optional: the dataplane falls back to ``IModel.predict``.
+    """
+
+    wires = Attribute("The encodings it takes now, e.g. {'grpc'} (empty until loaded).")
+
+    def infer_encoded(wire, data, headers):  # type: ignore[misc]
+        """
+        Serve one request given as ``data`` (bytes in encoding ``wire``) with transport
+        ``headers``; a Deferred firing with (response bytes, response headers or None).
+        Its response is the one ``predict`` would give, completed and encoded.
+        """
 
 
 class IModelFactory(Interface):

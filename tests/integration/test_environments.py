@@ -200,10 +200,20 @@ def test_tarball_environment_serves_and_is_reused(env_tarball, other_python, tmp
     assert len(unpacked) == 1
     first = os.stat(os.path.join(envs, unpacked[0]))
 
-    with Daemon(models, "--envs-dir", envs, grpc=False) as d:
+    with Daemon(models, "--envs-dir", envs) as d:
         assert wait_settled(d, ["plural"])["plural"]["state"] == "READY"
         status, out, _ = d.post("/v2/models/plural/infer", body)
         assert status == 200, out
+        # no protobuf in this environment: the server decodes gRPC requests for it
+        import numpy as np
+        import tritonclient.grpc as grpcclient
+
+        with grpcclient.InferenceServerClient(d.grpc_address) as client:
+            words = grpcclient.InferInput("words", [2], "BYTES")
+            words.set_data_from_numpy(np.array([b"cat", b"mouse"], dtype=object))
+            result = client.infer("plural", [words])
+        assert [w.decode() for w in result.as_numpy("plural")] == ["cats", "mice"]
+        assert "the server decodes its requests (no usable protobuf" in d.log()
     again = os.stat(os.path.join(envs, unpacked[0]))
     same = (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
     assert same, "unpacked once, then reused"

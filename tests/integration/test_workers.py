@@ -366,3 +366,116 @@ def test_shared_memory_of_a_killed_server_is_swept_by_the_next(models, tmp_path)
     with Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"), grpc=False) as second:
         wait_ready(second)
         assert shm_files(pid) == [], "the next server removed them"
+
+
+MIRROR = """
+import numpy as np
+from v2d import MLModel
+from v2d.errors import InferenceError
+from v2d.types import InferenceResponse, Parameters, ResponseOutput
+
+class Mirror(MLModel):
+    def predict(self, payload):
+        params = payload.parameters
+        if params is not None and params.get("fail") == "inference":
+            raise InferenceError("bad input, as asked")
+        if params is not None and params.get("fail") == "runtime":
+            raise ValueError("asked to fail")
+        if params is not None and params.get("fail") == "type":
+            return {"not": "a response"}
+        headers = (params.headers if params is not None else None) or {}
+        x = np.asarray(payload.inputs[0].data, "f4")
+        return InferenceResponse(
+            model_name=self.name,
+            outputs=[ResponseOutput(name="y", shape=list(x.shape), datatype="FP32", data=x * 2)],
+            parameters=Parameters(headers={"X-Mirror-Tenant": headers.get("x-tenant", "-")}, note="kept"),
+        )
+
+class AsyncMirror(Mirror):
+    async def predict(self, payload):
+        return Mirror.predict(self, payload)
+"""
+
+
+def _grpc_infer(address: str, message, metadata=()):
+    """One ModelInfer over a plain grpc channel: (status, response or details, initial metadata)."""
+    import grpc
+
+    from v2d.grpc._messages import pb
+
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        try:
+            response, info = call.with_call(message, metadata=metadata, timeout=30)
+        except grpc.RpcError as e:
+            return e.code(), e.details(), {}
+        return grpc.StatusCode.OK, response, dict(info.initial_metadata())
+
+
+def test_worker_answers_small_grpc_requests_exactly_as_the_server_does(tmp_path):
+    """
+    Small gRPC requests to a worker model are decoded and encoded in the worker; the
+    answers (responses, metadata, errors) must be those of the in-process server.
+    """
+    import numpy as np
+
+    from v2d.grpc._messages import pb
+
+    root = str(tmp_path / "models")
+    write_model(root, "mirror", "models.Mirror", MIRROR)
+    write_model(root, "amirror", "models.AsyncMirror", MIRROR)
+
+    def requests():
+        typed = pb.ModelInferRequest(model_name="mirror", id="req-1")
+        t = typed.inputs.add(name="x", datatype="FP32", shape=[2, 2])
+        t.contents.fp32_contents.extend([1, 2, 3, 4])
+        raw = pb.ModelInferRequest(model_name="amirror", id="req-2")
+        raw.inputs.add(name="x", datatype="FP32", shape=[3])
+        raw.raw_input_contents.append(np.array([1.5, 2.5, 3.5], "f4").tobytes())
+        yield "typed", typed, (("x-tenant", "acme"),)
+        yield "raw, async", raw, ()
+        for fail in ("inference", "runtime", "type"):
+            m = pb.ModelInferRequest()
+            m.CopyFrom(typed)
+            m.parameters["fail"].string_param = fail
+            yield f"fail {fail}", m, ()
+        bad = pb.ModelInferRequest(model_name="mirror")
+        bad.inputs.add(name="x", datatype="FP99", shape=[1])
+        yield "unknown datatype", bad, ()
+        short = pb.ModelInferRequest(model_name="mirror")
+        short.inputs.add(name="x", datatype="FP32", shape=[4])
+        short.raw_input_contents.append(b"\0" * 8)
+        yield "raw contents too short", short, ()
+        yield "unknown model", pb.ModelInferRequest(model_name="nobody"), ()
+
+    answers = {}
+    for workers in ("0", "1"):
+        with Daemon(root, "--workers", workers, "--envs-dir", str(tmp_path / "envs")) as d:
+            wait_ready(d)
+            for label, message, metadata in requests():
+                answers.setdefault(label, []).append(_grpc_infer(d.grpc_address, message, metadata))
+            if workers == "1":
+                assert len(worker_pids(d)) == 2
+                log = d.log()
+                assert log.count("it decodes and encodes small grpc requests itself") == 2, log
+
+    for label, (in_process, in_worker) in answers.items():
+        assert in_worker == in_process, label
+    status, response, metadata = answers["typed"][1]
+    assert status.name == "OK"
+    assert list(response.outputs[0].contents.fp32_contents) == [2, 4, 6, 8]
+    assert response.id == "req-1" and response.model_name == "mirror"
+    assert metadata.get("x-mirror-tenant") == "acme"
+    assert response.parameters["note"].string_param == "kept"
+    status, response, _ = answers["raw, async"][1]
+    assert np.frombuffer(response.raw_output_contents[0], "f4").tolist() == [3, 5, 7]
+    assert answers["fail inference"][1][:2] == (status.INVALID_ARGUMENT, "bad input, as asked")
+    assert answers["fail runtime"][1][:2] == (status.INTERNAL, "ValueError: asked to fail")
+    assert "predict() returned dict" in answers["fail type"][1][1]
+    assert answers["unknown datatype"][1][0] == status.INVALID_ARGUMENT
+    assert "inputs[0]" in answers["unknown datatype"][1][1]
+    assert answers["unknown model"][1][0] == status.NOT_FOUND

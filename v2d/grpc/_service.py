@@ -28,6 +28,7 @@ from v2d.grpc._convert import (
     serialize_infer_response,
     split_infer_request,
 )
+from v2d.grpc._encoded import WIRE
 from v2d.grpc._messages import SERVICE_NAME, pb
 from v2d.headers import attach_headers, take_headers
 from v2d.modelconfig import model_config
@@ -105,7 +106,17 @@ def _serializer(cls: Any) -> Callable[[Any], bytes]:
 SPLIT_AT = 64 * 1024
 
 
-def _deserializer(cls: Any) -> Callable[[bytes], Any]:
+class EncodedInferRequest:
+    """A small ``ModelInferRequest``, parsed, and the bytes it came as (for models that decode them)."""
+
+    __slots__ = ("message", "data")
+
+    def __init__(self, message: Any, data: bytes) -> None:
+        self.message = message
+        self.data = data
+
+
+def _deserializer(cls: Any, unary_infer: bool = False) -> Callable[[bytes], Any]:
     type_name = cls.DESCRIPTOR.full_name
     split = cls.DESCRIPTOR.full_name == "inference.ModelInferRequest"
 
@@ -113,6 +124,8 @@ def _deserializer(cls: Any) -> Callable[[bytes], Any]:
         try:
             if split and len(data) >= SPLIT_AT:
                 return split_infer_request(cls, data)
+            if unary_infer:
+                return EncodedInferRequest(cls.FromString(data), data)
             return cls.FromString(data)
         except DecodeError as e:
             return Undecodable(type_name, str(e))
@@ -169,6 +182,20 @@ class InferenceServicer:
 
     @_unary
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        if isinstance(request, EncodedInferRequest):
+            message = request.message
+            model = message.model_name and self.dataplane.encoded_model(
+                message.model_name, message.model_version or None, WIRE
+            )
+            if model:
+                # the model's worker decodes, predicts and encodes: only bytes pass here
+                metadata = metadata_headers(context.invocation_metadata())
+                served = self.dataplane.infer_encoded(model, WIRE, request.data, metadata)
+                body, extra = await as_future(served)
+                if extra:
+                    await context.send_initial_metadata(response_metadata(extra))
+                return body if isinstance(body, bytes) else bytes(body)
+            request = message
         if isinstance(request, SplitInferRequest):
             name, version, payload, raw = decode_infer_request(
                 request.message, raw_contents=request.raw_contents
@@ -296,7 +323,7 @@ class InferenceServicer:
                 make = grpc.unary_unary_rpc_method_handler
             handlers[method.name] = make(
                 fn,
-                request_deserializer=_deserializer(request_cls),
+                request_deserializer=_deserializer(request_cls, unary_infer=method.name == "ModelInfer"),
                 response_serializer=_serializer(response_cls),
             )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -28,12 +28,13 @@ import asyncio
 import gc
 import inspect
 import os
+import pickle
 import signal
 import sys
 import threading
 import time
 import traceback
-from typing import Any, AsyncIterator, Dict, List, Optional
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
 from v2d._version import __version__
 from v2d.workers import _errors, _handshake, _wire
@@ -76,6 +77,7 @@ class ChildServer:
         #: Seconds the last plain predict took: replies wait for no slow predict.
         self._last_cost = 0.0
         self.runtime: Any = None
+        self.settings: Any = None
         self.namespace: Any = None
         self.tasks: Dict[int, asyncio.Task] = {}
         self.queues: Dict[int, asyncio.Queue] = {}
@@ -124,6 +126,8 @@ class ChildServer:
         op, rid, body = message
         if op == "predict":
             self._predict_now(rid, body)
+        elif op == "infer_encoded":
+            self._infer_encoded(rid, *body)
         elif op == "stream_open":
             self.queues[rid] = asyncio.Queue()
             self._spawn(rid, self._stream(rid))
@@ -173,7 +177,13 @@ class ChildServer:
             ready = result if isinstance(result, bool) else True
             runtime.ready = ready
             self.runtime, self.namespace = runtime, namespace
-            info = {"ready": ready, "metadata": runtime.metadata(), "streaming": _streams(runtime)}
+            self.settings = settings
+            info = {
+                "ready": ready,
+                "metadata": runtime.metadata(),
+                "streaming": _streams(runtime),
+                "wires": sorted(_encodings()),
+            }
             self.send("loaded", rid, info)
         except Exception as exc:
             self.fail(rid, exc)
@@ -193,8 +203,32 @@ class ChildServer:
             self.runtime = self.namespace = None
             gc.collect()
 
-    def _predict_now(self, rid: int, payload: Any) -> None:
-        """Call ``predict``; a plain result is queued at once, an awaitable becomes a task."""
+    def _infer_encoded(self, rid: int, wire: str, data: Any, headers: Any) -> None:
+        """A request still in its wire encoding: decoded, served, completed and encoded here."""
+        try:
+            codec = _encodings()[wire]
+            payload, raw = codec.decode_request(data, headers)
+        except Exception as exc:
+            self.fail(rid, exc)
+            return
+        settings = self.settings
+
+        def finish(result: Any) -> Any:
+            from v2d._responses import complete_response
+
+            response = complete_response(result, settings.name, settings.version, payload.id)
+            body, extra = codec.encode_response(response, raw)
+            if self.shm is not None and len(body) >= self.shm.threshold:
+                body = pickle.PickleBuffer(body)  # out of band, through shared memory
+            return body, extra
+
+        self._predict_now(rid, payload, finish)
+
+    def _predict_now(self, rid: int, payload: Any, finish: Optional[Callable[[Any], Any]] = None) -> None:
+        """
+        Call ``predict``; a plain result is answered at once, an awaitable becomes a
+        task. ``finish`` turns the result into the reply (by default, the result).
+        """
         if self._last_cost > SLOW_PREDICT and self._out:
             self.flush()  # the replies already made need not wait for this one
         started = time.perf_counter()
@@ -208,11 +242,11 @@ class ChildServer:
         finally:
             self._last_cost = time.perf_counter() - started
         if inspect.isawaitable(result):
-            self._spawn(rid, self._predict(rid, result))
+            self._spawn(rid, self._predict(rid, result, finish))
         else:
-            self.send("result", rid, result)
+            self._answer(rid, result, finish)
 
-    async def _predict(self, rid: int, pending: Any) -> None:
+    async def _predict(self, rid: int, pending: Any, finish: Optional[Callable[[Any], Any]] = None) -> None:
         try:
             response = await pending
         except asyncio.CancelledError:
@@ -220,7 +254,16 @@ class ChildServer:
         except Exception as exc:
             self.fail(rid, exc)
         else:
-            self.send("result", rid, response)
+            self._answer(rid, response, finish)
+
+    def _answer(self, rid: int, result: Any, finish: Optional[Callable[[Any], Any]]) -> None:
+        if finish is not None:
+            try:
+                result = finish(result)
+            except Exception as exc:
+                self.fail(rid, exc)
+                return
+        self.send("result", rid, result)
 
     async def _requests(self, queue: asyncio.Queue) -> AsyncIterator[Any]:
         while True:
@@ -244,6 +287,26 @@ class ChildServer:
             self.send("stream_end", rid)
         finally:
             self.queues.pop(rid, None)
+
+
+_ENCODINGS: Optional[Dict[str, Any]] = None
+
+
+def _encodings() -> Dict[str, Any]:
+    """
+    The wire encodings this child can decode and encode itself, by name: ``grpc``
+    when its interpreter has a protobuf that reads v2d's descriptors.
+    """
+    global _ENCODINGS
+    if _ENCODINGS is None:
+        _ENCODINGS = {}
+        try:
+            from v2d.grpc import _encoded
+        except Exception:  # no protobuf here, or one too old: the server decodes
+            pass
+        else:
+            _ENCODINGS[_encoded.WIRE] = _encoded
+    return _ENCODINGS
 
 
 def _v2d_error() -> type:

@@ -21,7 +21,8 @@ from v2d.workers._bootstrap import MODULE, SOURCE
 __all__ = ["child_code_zip"]
 
 #: Parts of the package a child never imports (they need the server's dependencies).
-_SKIP = ("build", "grpc", "rest")
+#: ``grpc`` is shipped: a child with protobuf uses its message conversions, never grpcio.
+_SKIP = ("build", "rest")
 
 
 def _sources() -> List[Tuple[str, str]]:

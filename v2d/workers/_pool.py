@@ -37,7 +37,7 @@ from v2d._version import __version__
 from v2d.aio import as_future, ensure_future
 from v2d.env import Environment, resolve_environment
 from v2d.errors import FailedPrecondition, Unavailable
-from v2d.interfaces import IModel, IModelFactory, IWorkerPool
+from v2d.interfaces import IEncodedInference, IModel, IModelFactory, IWorkerPool
 from v2d.settings import ModelSettings, Settings
 from v2d.types import InferenceRequest, MetadataModelResponse
 from v2d.workers import _bootstrap, _errors, _handshake, _wire
@@ -237,6 +237,19 @@ class Worker:
     def _loaded(self, info: Dict[str, Any]) -> None:
         self.state = "ready"
         self.model.worker_loaded(self, info)
+        wires = info.get("wires") or []
+        if wires:
+            self.log.info(
+                "{label} loaded; it decodes and encodes small {wires} requests itself",
+                label=self.label,
+                wires=", ".join(wires),
+            )
+        else:
+            self.log.info(
+                "{label} loaded; the server decodes its requests (no usable protobuf in {python})",
+                label=self.label,
+                python=self.model.python,
+            )
         d, self._startup = self._startup, None
         if d is not None:
             d.callback(info)
@@ -459,7 +472,7 @@ class Worker:
         self.kill()
 
 
-@implementer(IModel)
+@implementer(IModel, IEncodedInference)
 class WorkerModel:
     """A model served by worker processes; to the dataplane it looks like any other."""
 
@@ -475,6 +488,8 @@ class WorkerModel:
         self.workers = [Worker(pool, self, i) for i in range(count)]
         self.ready = False
         self.streaming = False
+        #: Encodings the workers decode and encode themselves (IEncodedInference).
+        self.wires: frozenset = frozenset()
         self.unloading = False
         self._metadata: Optional[MetadataModelResponse] = None
         self._turn = itertools.count()
@@ -490,6 +505,7 @@ class WorkerModel:
     def worker_loaded(self, worker: Worker, info: Dict[str, Any]) -> None:
         self._metadata = info.get("metadata") or self._metadata
         self.streaming = bool(info.get("streaming"))
+        self.wires = frozenset(info.get("wires") or ())
 
     def load(self) -> Deferred:
         def loaded(infos: List[Dict[str, Any]]) -> bool:
@@ -539,6 +555,14 @@ class WorkerModel:
         except Unavailable:
             return fail()
         return worker.call("predict", payload)
+
+    def infer_encoded(self, wire: str, data: bytes, headers: Any) -> Deferred:
+        """A request in encoding ``wire``, decoded, served and encoded by a worker."""
+        try:
+            worker = self._pick()
+        except Unavailable:
+            return fail()
+        return worker.call("infer_encoded", (wire, data, headers))
 
     def predict_stream(self, payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[Any]:
         worker = self._pick()
