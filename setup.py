@@ -43,6 +43,7 @@ setup(
         "orjson>=3.10",
         "prometheus-client>=0.20",
         "docker>=7.0",
+        "uvloop>=0.19; sys_platform != 'win32'",
     ],
     extras_require={
         "pandas": ["pandas>=2.0"],

@@ -1,5 +1,5 @@
 """
-The ceiling: a bare twisted.web resource, on the same asyncio reactor as v2d, that
+The ceiling: a bare twisted.web resource, on the same asyncio reactor and loop as v2d, that
 answers the few Open Inference Protocol requests perf_analyzer makes (server metadata,
 model metadata and configuration, infer) for a model ``add-one`` with canned bytes. Its
 rate is what Twisted's HTTP server alone does on this machine; v2d's infer path is
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any, List, Optional
 
@@ -99,7 +100,10 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     from twisted.internet import asyncioreactor
 
-    loop = asyncio.new_event_loop()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from v2d.tap import new_event_loop
+
+    loop = new_event_loop()  # the loop v2d runs on by default, so that the two compare
     asyncio.set_event_loop(loop)
     asyncioreactor.install(loop)
     from twisted.internet import reactor

@@ -92,6 +92,10 @@ def _coerce(where: str, name: str, kind: Any, value: Any) -> Any:
     return value
 
 
+#: The asyncio loops the server can run on: ``auto`` is uvloop where it is installed.
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+
 @dataclass
 class Settings:
     """The server's settings; see API.md for each option."""
@@ -110,6 +114,7 @@ class Settings:
     strict_readiness: bool = True
     access_log: bool = False
     debug: bool = False
+    event_loop: str = "auto"
 
     _KINDS = {
         "models": str,
@@ -126,6 +131,7 @@ class Settings:
         "strict_readiness": bool,
         "access_log": bool,
         "debug": bool,
+        "event_loop": str,
     }
 
     @classmethod
@@ -189,6 +195,10 @@ class Settings:
             raise SettingsError("fields 'grpc_tls_cert' and 'grpc_tls_key' go together")
         if not self.rest:
             raise SettingsError("field 'rest' needs at least one endpoint")
+        if self.event_loop not in EVENT_LOOPS:
+            raise SettingsError(
+                f"field 'event_loop' must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}"
+            )
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from typing import Any, Dict, List
 
@@ -18,11 +19,15 @@ from twisted.python import usage
 
 from v2d.settings import Settings, SettingsError
 
-__all__ = ["Options", "install_asyncio_reactor", "makeService"]
+__all__ = ["Options", "install_asyncio_reactor", "makeService", "new_event_loop"]
 
 
-def install_asyncio_reactor() -> Any:
-    """Install the asyncio reactor, or check that it is the one installed."""
+def install_asyncio_reactor(event_loop: str = "asyncio") -> Any:
+    """
+    Install the asyncio reactor on a new loop of kind ``event_loop`` (``uvloop``,
+    ``asyncio``, or ``auto``: uvloop when it is installed), or check that an asyncio
+    reactor is the one installed.
+    """
     if "twisted.internet.reactor" in sys.modules:
         from twisted.internet import reactor
         from twisted.internet.asyncioreactor import AsyncioSelectorReactor
@@ -35,12 +40,49 @@ def install_asyncio_reactor() -> Any:
         return reactor
     from twisted.internet import asyncioreactor
 
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop(event_loop)
     asyncio.set_event_loop(loop)
     asyncioreactor.install(loop)
     from twisted.internet import reactor
 
+    if not isinstance(loop, asyncio.SelectorEventLoop):
+        reactor.callWhenRunning(_keep_twisted_signal_wakeup, loop)
     return reactor
+
+
+def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
+    """A new asyncio loop: uvloop's (``uvloop``, or ``auto`` where installed) or the standard one."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise usage.UsageError("--event-loop uvloop: uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def _keep_twisted_signal_wakeup(loop: asyncio.AbstractEventLoop) -> None:
+    """
+    Twisted learns that a child process exited through the signal wakeup fd it set at
+    start-up (``signal.set_wakeup_fd``); uvloop sets its own once it runs, for signal
+    handlers added with ``loop.add_signal_handler`` (v2d adds none). Without Twisted's,
+    exits of worker processes would go unnoticed, so it is put back as soon as the
+    loop runs. Signals still wake the loop (Twisted's fd is one of its readers) and
+    Python's handlers (Twisted's SIGTERM/SIGINT) still run.
+    """
+    twisted_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(twisted_fd)
+    if twisted_fd != -1:
+        loop.call_soon(_set_wakeup_fd, twisted_fd)
+
+
+def _set_wakeup_fd(fd: int) -> None:
+    from twisted.internet import process
+
+    signal.set_wakeup_fd(fd)
+    process.reapAllProcesses()  # children that exited while uvloop held the wakeup fd
 
 
 def _positive_int(value: str) -> int:
@@ -91,6 +133,13 @@ class Options(usage.Options):
             _positive_int,
         ],
         ["shutdown-timeout", None, None, "Seconds to drain requests on shutdown [default: 30].", float],
+        [
+            "event-loop",
+            None,
+            None,
+            "The asyncio loop under Twisted: uvloop, asyncio, or auto (uvloop where installed) "
+            "[default: auto].",
+        ],
     ]
     optFlags = [
         ["debug", None, "Log more."],
@@ -115,6 +164,7 @@ class Options(usage.Options):
             "max_body_size": self["max-body-size"],
             "grpc_max_message_size": self["grpc-max-message-size"],
             "shutdown_timeout": self["shutdown-timeout"],
+            "event_loop": self["event-loop"],
             "rest": self["rest"] or None,
             "debug": True if self["debug"] else None,
             "access_log": True if self["access-log"] else None,
@@ -124,7 +174,7 @@ class Options(usage.Options):
             self["settings"] = Settings.load(self["config"], os.environ, overrides)
         except SettingsError as e:
             raise usage.UsageError(str(e)) from None
-        reactor = install_asyncio_reactor()
+        reactor = install_asyncio_reactor(self["settings"].event_loop)
         parent = getattr(self, "parent", None)
         if parent is not None and "reactorName" in parent and "reactor" not in parent:
             parent["reactor"] = reactor

@@ -11,7 +11,7 @@ from v2d.tap import Options
 
 @pytest.fixture(autouse=True)
 def no_reactor(monkeypatch):
-    monkeypatch.setattr(v2d.tap, "install_asyncio_reactor", lambda: object())
+    monkeypatch.setattr(v2d.tap, "install_asyncio_reactor", lambda event_loop="auto": object())
     for var in ("V2D_CONFIG", "V2D_WORKERS", "V2D_REST", "V2D_GRPC", "V2D_MODELS"):
         monkeypatch.delenv(var, raising=False)
 
@@ -61,3 +61,32 @@ def test_plugin_is_light():
     tree = ast.parse(source.read_text())
     imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert imported == ["twisted.application.service"]
+
+
+def test_event_loop_option():
+    options = Options()
+    options.parseOptions(["--event-loop", "asyncio"])
+    assert options["settings"].event_loop == "asyncio"
+    options = Options()
+    options.parseOptions([])
+    assert options["settings"].event_loop == "auto"
+    with pytest.raises(usage.UsageError, match="event_loop"):
+        Options().parseOptions(["--event-loop", "tokio"])
+
+
+def test_new_event_loop_kinds():
+    import asyncio
+
+    from v2d.tap import new_event_loop
+
+    plain = new_event_loop("asyncio")
+    try:
+        assert isinstance(plain, asyncio.SelectorEventLoop)
+    finally:
+        plain.close()
+    uvloop = pytest.importorskip("uvloop")
+    fast = new_event_loop("auto")
+    try:
+        assert isinstance(fast, uvloop.Loop)
+    finally:
+        fast.close()
