@@ -115,6 +115,7 @@ class Settings:
     access_log: bool = False
     debug: bool = False
     event_loop: str = "auto"
+    retain_memory: int = 512 * MiB
 
     _KINDS = {
         "models": str,
@@ -132,6 +133,7 @@ class Settings:
         "access_log": bool,
         "debug": bool,
         "event_loop": str,
+        "retain_memory": int,
     }
 
     @classmethod
@@ -195,6 +197,8 @@ class Settings:
             raise SettingsError("fields 'grpc_tls_cert' and 'grpc_tls_key' go together")
         if not self.rest:
             raise SettingsError("field 'rest' needs at least one endpoint")
+        if self.retain_memory < 0:
+            raise SettingsError("field 'retain_memory' must be 0 or more")
         if self.event_loop not in EVENT_LOOPS:
             raise SettingsError(
                 f"field 'event_loop' must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}"
