@@ -71,37 +71,38 @@ class DataPlane:
 
     # -- inference ------------------------------------------------------------
 
-    def infer(self, name: str, version: Optional[str], request: InferenceRequest) -> Deferred:
-        """Serve one request; a Deferred firing with the InferenceResponse."""
-        model = self._admit(name, version)
+    def infer(
+        self, name: str, version: Optional[str], request: InferenceRequest, model: Optional[Any] = None
+    ) -> Deferred:
+        """
+        Serve one request; a Deferred firing with the InferenceResponse. ``model``, if
+        given, is the one ``admit`` already gave for ``name`` and ``version``.
+        """
+        if model is None:
+            model = self.admit(name, version)
 
         def complete(result: Any) -> InferenceResponse:
             return complete_response(result, model.name, model.version, request.id)
 
         return self._serve(model, model.predict, (request,), complete)
 
-    def encoded_model(self, name: str, version: Optional[str], wire: str) -> Optional[Any]:
-        """
-        The ready model, if it takes requests in encoding ``wire`` itself
-        (``IEncodedInference``), else None. Raises as ``infer`` does for a model that
-        is unknown or not ready, or while shutting down.
-        """
-        model = self._admit(name, version)
-        if IEncodedInference.providedBy(model) and wire in model.wires:
-            return model
-        return None
-
-    def infer_encoded(self, model: Any, wire: str, data: bytes, headers: Any) -> Deferred:
-        """
-        Serve one request still in its wire encoding by a model ``encoded_model`` gave;
-        a Deferred firing with (response bytes, response headers or None).
-        """
-        return self._serve(model, model.infer_encoded, (wire, data, headers))
-
-    def _admit(self, name: str, version: Optional[str]) -> Any:
+    def admit(self, name: str, version: Optional[str]) -> Any:
+        """The ready model for a request; raises while shutting down or if there is none."""
         if self.draining:
             raise Unavailable("server is shutting down")
         return self.registry.get(name, version)
+
+    @staticmethod
+    def takes_encoded(model: Any, wire: str) -> bool:
+        """Whether ``model`` takes requests in encoding ``wire`` itself (``IEncodedInference``)."""
+        return IEncodedInference.providedBy(model) and wire in model.wires
+
+    def infer_encoded(self, model: Any, wire: str, data: bytes, headers: Any) -> Deferred:
+        """
+        Serve one request still in its wire encoding by a model that ``takes_encoded``;
+        a Deferred firing with (response bytes, response headers or None).
+        """
+        return self._serve(model, model.infer_encoded, (wire, data, headers))
 
     def _serve(
         self, model: Any, fn: Callable[..., Any], args: tuple, complete: Optional[Callable[[Any], Any]] = None

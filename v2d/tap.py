@@ -22,7 +22,7 @@ from v2d.settings import Settings, SettingsError
 __all__ = ["Options", "install_asyncio_reactor", "makeService", "new_event_loop"]
 
 
-def install_asyncio_reactor(event_loop: str = "asyncio") -> Any:
+def install_asyncio_reactor(event_loop: str = "auto") -> Any:
     """
     Install the asyncio reactor on a new loop of kind ``event_loop`` (``uvloop``,
     ``asyncio``, or ``auto``: uvloop when it is installed), or check that an asyncio

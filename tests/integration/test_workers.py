@@ -113,6 +113,11 @@ def daemon(models, tmp_path_factory):
         yield wait_ready(d)
 
 
+def one_worker_daemon(models: str, tmp_path, grpc: bool = True) -> Daemon:
+    """A daemon (not started) serving ``models`` with one worker process each."""
+    return Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"), grpc=grpc)
+
+
 def wait_ready(d: Daemon, timeout: float = 60.0) -> Daemon:
     """Wait until every model is READY (the harness may return before loading began)."""
     deadline = time.monotonic() + timeout
@@ -278,7 +283,7 @@ def test_sigkill_of_a_worker_mid_request(daemon):
 
 
 def test_sigterm_leaves_no_child(models, tmp_path):
-    d = Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"), grpc=False)
+    d = one_worker_daemon(models, tmp_path, grpc=False)
     with d:
         wait_ready(d)
         assert infer(d, "echo", [1])[0] == 200
@@ -294,7 +299,7 @@ def test_sigterm_leaves_no_child(models, tmp_path):
 
 
 def test_sigkill_of_the_daemon_leaves_no_child(models, tmp_path):
-    d = Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"), grpc=False)
+    d = one_worker_daemon(models, tmp_path, grpc=False)
     with d:
         wait_ready(d)
         children = worker_pids(d)
@@ -326,7 +331,7 @@ def test_big_tensors_cross_through_reused_shared_memory_and_leave_nothing(models
     import numpy as np
 
     x = np.random.default_rng(1).random(3 << 18, dtype=np.float32)  # 3 MiB: through /dev/shm
-    d = Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"))
+    d = one_worker_daemon(models, tmp_path)
     with d:
         wait_ready(d)
         assert d.process is not None
@@ -353,7 +358,7 @@ def test_shared_memory_of_a_killed_server_is_swept_by_the_next(models, tmp_path)
     import numpy as np
 
     x = np.ones(3 << 18, dtype=np.float32)
-    first = Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"))
+    first = one_worker_daemon(models, tmp_path)
     with first:
         wait_ready(first)
         assert first.process is not None
@@ -363,7 +368,7 @@ def test_shared_memory_of_a_killed_server_is_swept_by_the_next(models, tmp_path)
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(10)
     assert shm_files(pid), "nothing could clean up after SIGKILL"
-    with Daemon(models, "--workers", "1", "--envs-dir", str(tmp_path / "envs"), grpc=False) as second:
+    with one_worker_daemon(models, tmp_path, grpc=False) as second:
         wait_ready(second)
         assert shm_files(pid) == [], "the next server removed them"
 

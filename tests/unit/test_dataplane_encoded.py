@@ -71,18 +71,19 @@ def _result(d: Deferred) -> List[Any]:
 
 
 def test_only_models_with_the_interface_and_the_wire_are_chosen(plane):
-    assert plane.encoded_model("m", None, "grpc") is plane.registry.models["m"]
-    assert plane.encoded_model("m", None, "rest") is None
-    assert plane.encoded_model("plain", None, "grpc") is None
+    assert plane.admit("m", None) is plane.registry.models["m"]
+    assert plane.takes_encoded(plane.admit("m", None), "grpc")
+    assert not plane.takes_encoded(plane.admit("m", None), "rest")
+    assert not plane.takes_encoded(plane.admit("plain", None), "grpc")
     with pytest.raises(NotFound):
-        plane.encoded_model("nobody", None, "grpc")
+        plane.admit("nobody", None)
     plane.draining = True
     with pytest.raises(Unavailable):
-        plane.encoded_model("m", None, "grpc")
+        plane.admit("m", None)
 
 
 def test_encoded_requests_are_counted_observed_and_answered(plane, observed):
-    model = plane.encoded_model("m", None, "grpc")
+    model = plane.admit("m", None)
     out = _result(plane.infer_encoded(model, "grpc", b"request", {"x-id": "1"}))
     assert plane.inflight == 1
     (wire, data, headers, d) = model.calls[0]
@@ -102,7 +103,7 @@ def test_encoded_requests_are_counted_observed_and_answered(plane, observed):
     ],
 )
 def test_failures_map_as_for_infer(plane, observed, error, kind):
-    model = plane.encoded_model("m", None, "grpc")
+    model = plane.admit("m", None)
     out = _result(plane.infer_encoded(model, "grpc", b"", {}))
     model.calls[0][3].errback(error)
     assert isinstance(out[0].value, kind)

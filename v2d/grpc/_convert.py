@@ -273,6 +273,11 @@ def split_infer_request(cls: Any, data: bytes) -> SplitInferRequest:
     return SplitInferRequest(cls.FromString(b"".join(rest)), raw)
 
 
+def not_a_message(type_name: str, reason: str) -> InvalidArgument:
+    """The error for bytes that do not parse as message ``type_name``."""
+    return InvalidArgument(f"request is not a valid {type_name} message: {reason}")
+
+
 def decode_infer_request(
     message: Any, field: str = "", raw_contents: Optional[Sequence[Any]] = None
 ) -> Tuple[str, Optional[str], InferenceRequest, bool]:

@@ -14,8 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from google.protobuf.message import DecodeError
 
-from v2d.errors import InvalidArgument
-from v2d.grpc._convert import decode_infer_request, serialize_infer_response
+from v2d.grpc._convert import decode_infer_request, not_a_message, serialize_infer_response
 from v2d.grpc._messages import pb
 from v2d.headers import attach_headers, take_headers
 from v2d.types import HeaderDict, InferenceRequest, InferenceResponse
@@ -31,7 +30,7 @@ def decode_request(data: Any, headers: Optional[Dict[str, str]]) -> Tuple[Infere
     try:
         message = pb.ModelInferRequest.FromString(bytes(data))
     except DecodeError as e:
-        raise InvalidArgument(f"request is not a valid inference.ModelInferRequest message: {e}") from None
+        raise not_a_message(pb.ModelInferRequest.DESCRIPTOR.full_name, str(e)) from None
     _, _, payload, raw = decode_infer_request(message)
     attach_headers(payload, HeaderDict(headers or {}))
     return payload, raw

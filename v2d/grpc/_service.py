@@ -24,6 +24,7 @@ from v2d.grpc._convert import (
     decode_infer_request,
     encode_infer_response,
     metadata_headers,
+    not_a_message,
     response_metadata,
     serialize_infer_response,
     split_infer_request,
@@ -87,7 +88,7 @@ class Undecodable:
         self.reason = reason
 
     def error(self) -> InvalidArgument:
-        return InvalidArgument(f"request is not a valid {self.type_name} message: {self.reason}")
+        return not_a_message(self.type_name, self.reason)
 
 
 def _serializer(cls: Any) -> Callable[[Any], bytes]:
@@ -182,12 +183,12 @@ class InferenceServicer:
 
     @_unary
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        model = None
         if isinstance(request, EncodedInferRequest):
             message = request.message
-            model = message.model_name and self.dataplane.encoded_model(
-                message.model_name, message.model_version or None, WIRE
-            )
-            if model:
+            if message.model_name:
+                model = self.dataplane.admit(message.model_name, message.model_version or None)
+            if model is not None and self.dataplane.takes_encoded(model, WIRE):
                 # the model's worker decodes, predicts and encodes: only bytes pass here
                 metadata = metadata_headers(context.invocation_metadata())
                 served = self.dataplane.infer_encoded(model, WIRE, request.data, metadata)
@@ -203,7 +204,7 @@ class InferenceServicer:
         else:
             name, version, payload, raw = decode_infer_request(request)
         attach_headers(payload, metadata_headers(context.invocation_metadata()))
-        response = await as_future(self.dataplane.infer(name, version, payload))
+        response = await as_future(self.dataplane.infer(name, version, payload, model))
         headers = take_headers(response)
         body = serialize_infer_response(response, raw)
         if headers:

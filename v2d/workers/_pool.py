@@ -550,19 +550,19 @@ class WorkerModel:
         return min((ready[(turn + i) % n] for i in range(n)), key=lambda w: w.load)
 
     def predict(self, payload: InferenceRequest) -> Deferred:
-        try:
-            worker = self._pick()
-        except Unavailable:
-            return fail()
-        return worker.call("predict", payload)
+        return self._call("predict", payload)
 
     def infer_encoded(self, wire: str, data: bytes, headers: Any) -> Deferred:
         """A request in encoding ``wire``, decoded, served and encoded by a worker."""
+        return self._call("infer_encoded", (wire, data, headers))
+
+    def _call(self, op: str, body: Any) -> Deferred:
+        """Send one request to the least busy ready worker; fails if none is ready."""
         try:
             worker = self._pick()
         except Unavailable:
             return fail()
-        return worker.call("infer_encoded", (wire, data, headers))
+        return worker.call(op, body)
 
     def predict_stream(self, payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[Any]:
         worker = self._pick()
