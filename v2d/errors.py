@@ -3,7 +3,9 @@ Transport-neutral errors.
 
 Each error has a ``kind``; REST maps kinds to HTTP statuses and gRPC to status codes,
 each in its own package. A runtime may raise these too (``InferenceError`` from a
-``predict`` becomes a 400 / INVALID_ARGUMENT, as in MLServer).
+``predict`` becomes a 400 / INVALID_ARGUMENT, as in MLServer). ``MLServerError`` is
+MLServer's base class, with its ``status_code``: REST answers with that status and
+gRPC with the kind it maps to.
 
 Imported by worker children: standard library only.
 """
@@ -12,17 +14,48 @@ from __future__ import annotations
 
 __all__ = [
     "FailedPrecondition",
+    "HTTP_STATUS_OF_KIND",
     "InferenceError",
     "Internal",
     "InvalidArgument",
+    "InvalidModelURI",
+    "MLServerError",
     "ModelNotFound",
+    "ModelParametersMissing",
     "ModelNotReady",
     "NotFound",
     "PayloadTooLarge",
     "Unavailable",
     "Unimplemented",
     "V2DError",
+    "kind_of_status",
 ]
+
+#: The HTTP status of each kind (REST answers with it; ``MLServerError`` may set its own).
+HTTP_STATUS_OF_KIND = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "UNIMPLEMENTED": 400,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 413,
+    "UNAVAILABLE": 503,
+    "INTERNAL": 500,
+}
+
+
+def kind_of_status(status_code: int) -> str:
+    """The kind an HTTP status stands for (4xx other than 404/413 are INVALID_ARGUMENT)."""
+    if status_code == 404:
+        return "NOT_FOUND"
+    if status_code == 413:
+        return "RESOURCE_EXHAUSTED"
+    if status_code in (501,):
+        return "UNIMPLEMENTED"
+    if status_code in (502, 503, 504):
+        return "UNAVAILABLE"
+    if 400 <= status_code < 500:
+        return "INVALID_ARGUMENT"
+    return "INTERNAL"
 
 
 class V2DError(Exception):
@@ -37,8 +70,38 @@ class V2DError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def status_code(self) -> int:
+        """The HTTP status REST answers with."""
+        return HTTP_STATUS_OF_KIND.get(self.kind, 500)
+
     def __reduce__(self):  # keep the message when pickled to or from a worker
         return (type(self), (self.message,))
+
+
+class MLServerError(V2DError):
+    """
+    MLServer's base error: a message and the HTTP status to answer with (400 unless
+    given). REST answers with ``status_code``; gRPC with the matching code.
+    """
+
+    def __init__(self, msg: str, status_code: int = 400) -> None:
+        super().__init__(msg)
+        self._status_code = int(status_code)
+        self.kind = kind_of_status(self._status_code)
+
+    @property
+    def status_code(self) -> int:
+        return self._status_code
+
+    def __reduce__(self):
+        return (_rebuild_mlserver_error, (type(self), self.message, self._status_code))
+
+
+def _rebuild_mlserver_error(cls: type, message: str, status_code: int) -> "MLServerError":
+    error = MLServerError.__new__(cls)
+    MLServerError.__init__(error, message, status_code)
+    return error
 
 
 class InvalidArgument(V2DError):
@@ -47,8 +110,26 @@ class InvalidArgument(V2DError):
     kind = "INVALID_ARGUMENT"
 
 
-class InferenceError(InvalidArgument):
-    """Raised by runtimes for a request they cannot serve (MLServer's name)."""
+class InferenceError(MLServerError, InvalidArgument):
+    """Raised by runtimes for a request they cannot serve (MLServer's name): a 400."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, 400)
+
+
+class InvalidModelURI(MLServerError):
+    """A model's ``parameters.uri`` does not name anything usable (422, as MLServer)."""
+
+    def __init__(self, name: str, model_uri: str | None = None) -> None:
+        message = f"invalid uri for model '{name}'" + (f": {model_uri}" if model_uri else "")
+        super().__init__(message, 422)
+
+
+class ModelParametersMissing(MLServerError):
+    """A model's settings have no ``parameters`` where its runtime needs them (400)."""
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__(f"parameters missing for model '{model_name}'", 400)
 
 
 class NotFound(V2DError):
@@ -57,15 +138,15 @@ class NotFound(V2DError):
     kind = "NOT_FOUND"
 
 
-class ModelNotFound(NotFound):
-    """No model of that name (and version)."""
+class ModelNotFound(MLServerError, NotFound):
+    """No model of that name (and version): a 404."""
 
     def __init__(self, name: str, version: str | None = None) -> None:
         if version:
             message = f"model '{name}' version '{version}' not found"
         else:
             message = f"model '{name}' not found"
-        super().__init__(message)
+        super().__init__(message, 404)
         self.name = name
         self.version = version
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 from v2d.types import HeaderDict, InferenceRequest, InferenceResponse, Parameters
 
-__all__ = ["attach_headers", "take_headers"]
+__all__ = ["attach_headers", "extract_headers", "insert_headers", "take_headers"]
 
 
 def attach_headers(payload: InferenceRequest, headers: HeaderDict) -> None:
@@ -36,4 +36,22 @@ def take_headers(response: InferenceResponse) -> Optional[Dict[str, Any]]:
     params.headers = None
     if not params.to_dict():
         response.parameters = None
+    return headers
+
+
+def insert_headers(inference_request: InferenceRequest, headers: Dict[str, str]) -> InferenceRequest:
+    """MLServer's helper: set ``inference_request.parameters.headers`` to ``headers``."""
+    if inference_request.parameters is None:
+        inference_request.parameters = Parameters()
+    inference_request.parameters.headers = headers
+    return inference_request
+
+
+def extract_headers(inference_response: InferenceResponse) -> Optional[Dict[str, str]]:
+    """MLServer's helper: remove and return ``inference_response.parameters.headers`` (None if unset)."""
+    params = inference_response.parameters
+    if params is None or params.headers is None:
+        return None
+    headers = params.headers
+    params.headers = None
     return headers

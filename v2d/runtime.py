@@ -13,6 +13,7 @@ carry it.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, AsyncIterator, Optional
 
 from v2d.settings import ModelSettings
@@ -27,6 +28,24 @@ from v2d.types import (
 )
 
 __all__ = ["MLModel"]
+
+
+async def _settled(result: Any) -> Any:
+    """The value of what a runtime method returned: a plain value, an awaitable or a Deferred."""
+    if hasattr(result, "addCallbacks"):  # a Deferred (this module does not import Twisted)
+        import asyncio
+
+        future = asyncio.get_running_loop().create_future()
+
+        def fail(failure: Any) -> None:
+            if not future.done():
+                future.set_exception(failure.value)
+
+        result.addCallbacks(lambda value: future.done() or future.set_result(value), fail)
+        return await future
+    if inspect.isawaitable(result):
+        return await result
+    return result
 
 
 class MLModel:
@@ -81,9 +100,12 @@ class MLModel:
     async def predict_stream(
         self, payloads: AsyncIterator[InferenceRequest]
     ) -> AsyncIterator[InferenceResponse]:
-        """Serve a stream of requests with a stream of responses (optional)."""
-        raise NotImplementedError(f"model '{self.name}' does not implement predict_stream()")
-        yield  # pragma: no cover - makes this an async generator
+        """
+        Serve a stream of requests with a stream of responses. Unless overridden, each
+        request is answered by ``predict`` (as MLServer does).
+        """
+        async for payload in payloads:
+            yield await _settled(self.predict(payload))
 
     def metadata(self) -> MetadataModelResponse:
         """The model's metadata, from its settings."""

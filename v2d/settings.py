@@ -27,6 +27,16 @@ __all__ = [
 ]
 
 MiB = 1024 * 1024
+#: The name of a model's settings file in its folder.
+SETTINGS_FILE = "model-settings.json"
+
+
+def _is_relative_local(uri: str) -> bool:
+    """Whether ``uri`` is a relative path (no scheme such as s3:// or file:)."""
+    if os.path.isabs(uri):
+        return False
+    scheme, sep, _ = uri.partition(":")
+    return not (sep and scheme.isidentifier() and len(scheme) > 1)
 
 
 class SettingsError(ValueError):
@@ -207,7 +217,12 @@ class Settings:
 
 @dataclass
 class ModelParameters:
-    """The ``parameters`` object of model-settings.json."""
+    """
+    The ``parameters`` object of model-settings.json.
+
+    Keys it does not name are kept in ``extra`` and read as attributes too
+    (``settings.parameters.threshold``), as MLServer's ``ModelParameters`` allows.
+    """
 
     uri: Optional[str] = None
     version: Optional[str] = None
@@ -215,6 +230,8 @@ class ModelParameters:
     environment_path: Optional[str] = None
     content_type: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    #: MLServer's ``parameters.format`` (a hint some runtime packages read).
+    format: Optional[str] = None
 
     _KINDS = {
         "uri": str,
@@ -223,7 +240,22 @@ class ModelParameters:
         "environment_path": str,
         "content_type": str,
         "extra": dict,
+        "format": str,
     }
+    #: MLServer's fields for its inference pools, accepted and without effect in v2d.
+    _IGNORED = ("inference_pool_gid", "autogenerate_inference_pool_gid")
+
+    def __post_init__(self) -> None:
+        if self.extra is None:
+            self.extra = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        extra = self.__dict__.get("extra") or {}
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"model parameters have no '{name}'")
 
     @classmethod
     def from_dict(cls, values: Optional[Mapping[str, Any]], where: str = "parameters") -> "ModelParameters":
@@ -237,6 +269,8 @@ class ModelParameters:
         for key, value in values.items():
             if key in cls._KINDS:
                 known[key] = _coerce(where, f"parameters.{key}", cls._KINDS[key], value)
+            elif key in cls._IGNORED:
+                continue
             else:
                 extra[key] = value
         params = cls(**known)
@@ -249,6 +283,21 @@ class ModelParameters:
         """The JSON form."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    # pydantic's spellings, as MLServer's runtimes use them.
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> "ModelParameters":
+        """From a mapping (a ModelParameters is returned as it is)."""
+        return obj if isinstance(obj, ModelParameters) else cls.from_dict(obj)
+
+    parse_obj = model_validate
+
+    def model_dump(self, **kwargs: Any) -> Dict[str, Any]:
+        """The JSON form."""
+        return self.to_dict()
+
+    dict = model_dump
+
 
 def _tensors(where: str, name: str, value: Any) -> List[MetadataTensor]:
     if value is None:
@@ -258,6 +307,9 @@ def _tensors(where: str, name: str, value: Any) -> List[MetadataTensor]:
     out = []
     for i, item in enumerate(value):
         here = f"{name}[{i}]"
+        if isinstance(item, MetadataTensor):
+            out.append(item)
+            continue
         if not isinstance(item, Mapping):
             raise SettingsError(f"{where}: field '{here}' must be an object")
         for key in ("name", "datatype", "shape"):
@@ -286,10 +338,18 @@ def _tensors(where: str, name: str, value: Any) -> List[MetadataTensor]:
 
 @dataclass
 class ModelSettings:
-    """A model's settings (model-settings.json); see API.md."""
+    """
+    A model's settings (model-settings.json); see docs/reference.md.
+
+    Built from the file by the repository, or in code as MLServer's is:
+    ``ModelSettings(name="m", implementation=MyRuntime, parameters={"uri": "./m.bin"})``
+    (``parameters`` and ``inputs``/``outputs`` may be plain mappings; ``implementation``
+    a class or a dotted path). A relative local ``parameters.uri`` read from a file is
+    made absolute against the model's folder.
+    """
 
     name: str = ""
-    implementation: str = ""
+    implementation: Any = ""
     versions: List[str] = field(default_factory=list)
     platform: str = ""
     inputs: List[MetadataTensor] = field(default_factory=list)
@@ -302,14 +362,44 @@ class ModelSettings:
     folder: Optional[str] = None
     #: Keys of model-settings.json this version of v2d does not know.
     unknown_fields: List[str] = field(default_factory=list)
+    #: MLServer's per-model switches, accepted; v2d keeps no response cache and
+    #: starts workers warm (see docs/mlserver.md).
+    warm_workers: bool = False
+    cache_enabled: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.parameters, ModelParameters):
+            self.parameters = ModelParameters.from_dict(self.parameters)
+        if any(not isinstance(t, MetadataTensor) for t in self.inputs):
+            self.inputs = _tensors("model settings", "inputs", self.inputs)
+        if any(not isinstance(t, MetadataTensor) for t in self.outputs):
+            self.outputs = _tensors("model settings", "outputs", self.outputs)
+
+    @property
+    def implementation_(self) -> str:
+        """``implementation`` as a dotted path (MLServer's name), also when it is a class."""
+        impl = self.implementation
+        if isinstance(impl, str):
+            return impl
+        return f"{impl.__module__}.{impl.__qualname__}"
+
+    @property
+    def _source(self) -> Optional[str]:
+        """The model-settings.json this came from (MLServer's name), from ``folder``."""
+        return os.path.join(self.folder, SETTINGS_FILE) if self.folder else None
+
+    @_source.setter
+    def _source(self, path: Optional[str]) -> None:
+        self.folder = os.path.dirname(path) if path else None
 
     _SCALARS = {
         "name": str,
-        "implementation": str,
         "platform": str,
         "max_batch_size": int,
         "max_batch_time": float,
         "parallel_workers": int,
+        "warm_workers": bool,
+        "cache_enabled": bool,
     }
 
     @property
@@ -331,6 +421,13 @@ class ModelSettings:
         for key, value in values.items():
             if key in cls._SCALARS:
                 kwargs[key] = _coerce(where, key, cls._SCALARS[key], value)
+            elif key == "implementation":
+                kwargs[key] = value if isinstance(value, type) else _coerce(where, key, str, value)
+            elif key == "_source":
+                if value:
+                    kwargs["folder"] = os.path.dirname(os.path.abspath(str(value)))
+            elif key == "model" and "name" not in values:
+                kwargs["name"] = _coerce(where, key, str, value)  # the form MLServer's docs show
             elif key == "versions":
                 if value is not None and not isinstance(value, list):
                     raise SettingsError(f"{where}: field 'versions' must be a list")
@@ -342,18 +439,45 @@ class ModelSettings:
             else:
                 unknown.append(key)
         kwargs["unknown_fields"] = unknown
-        for key in ("name", "implementation", "platform"):
+        for key in ("name", "implementation", "platform", "max_batch_size", "max_batch_time",
+                    "warm_workers", "cache_enabled"):
             if kwargs.get(key) is None:
                 kwargs.pop(key, None)
-        if kwargs.get("max_batch_size") is None:
-            kwargs.pop("max_batch_size", None)
-        if kwargs.get("max_batch_time") is None:
-            kwargs.pop("max_batch_time", None)
         settings = cls(**kwargs)
+        folder = settings.folder
         if not settings.name and folder:
             settings.name = os.path.basename(os.path.normpath(folder))
+        uri = settings.parameters.uri
+        if folder and uri and _is_relative_local(uri):
+            settings.parameters.uri = settings.resolve_path(uri)
         settings.validate(where)
         return settings
+
+    # pydantic's spellings, as MLServer's code uses them.
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> "ModelSettings":
+        """From a mapping as in model-settings.json (a ModelSettings is returned as it is)."""
+        if isinstance(obj, ModelSettings):
+            return obj
+        return cls.from_dict(obj, where="model settings")
+
+    parse_obj = model_validate
+
+    @classmethod
+    def parse_file(cls, path: str) -> "ModelSettings":
+        """From a model-settings.json file (no environment overrides)."""
+        return cls.from_file(path)
+
+    def model_dump(self, **kwargs: Any) -> Dict[str, Any]:
+        """The JSON form (``implementation`` as a dotted path)."""
+        return self.to_dict()
+
+    dict = model_dump
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        """The JSON form as text."""
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_file(cls, path: str, environ: Optional[Mapping[str, str]] = None) -> "ModelSettings":
@@ -373,13 +497,23 @@ class ModelSettings:
 
     @staticmethod
     def environ_overrides(environ: Mapping[str, str]) -> Dict[str, Any]:
-        """The ``V2D_MODEL_<FIELD>`` variables as model-settings.json fields."""
+        """
+        The ``V2D_MODEL_<FIELD>`` (and MLServer's ``MLSERVER_MODEL_<FIELD>``) variables as
+        model-settings.json fields; ``V2D_`` wins when both name a field. As in MLServer,
+        a field of ``parameters`` may be named directly (``MLSERVER_MODEL_URI``).
+        """
         out: Dict[str, Any] = {}
-        for var, raw in environ.items():
-            if var.startswith("V2D_MODEL_") and len(var) > len("V2D_MODEL_"):
-                key = var[len("V2D_MODEL_") :].lower()
-                value = raw if key in ("name", "implementation", "platform") else _parse_env_value(raw)
-                out[key] = value
+        for prefix in ("MLSERVER_MODEL_", "V2D_MODEL_"):  # later wins
+            for var, raw in environ.items():
+                if var.upper().startswith(prefix) and len(var) > len(prefix):
+                    key = var[len(prefix) :].lower()
+                    if key in ModelParameters._KINDS and key != "extra":
+                        out.setdefault("parameters", {})[key] = raw
+                        continue
+                    value = raw if key in ("name", "implementation", "platform") else _parse_env_value(raw)
+                    if key == "parameters" and isinstance(value, dict) and isinstance(out.get(key), dict):
+                        value = {**out[key], **value}
+                    out[key] = value
         return out
 
     @classmethod
@@ -414,7 +548,7 @@ class ModelSettings:
         """The JSON form (as in model-settings.json)."""
         return {
             "name": self.name,
-            "implementation": self.implementation,
+            "implementation": self.implementation_,
             "versions": list(self.versions),
             "platform": self.platform,
             "inputs": [t.to_dict() for t in self.inputs],

@@ -5,19 +5,30 @@ These are what runtimes receive and return. They are transport-free: REST and gR
 decode their wire formats into them and encode them back. Numeric tensor data travels
 as numpy arrays (already shaped); BYTES data as a flat list of ``bytes`` or ``str``.
 
+The message classes compare by value (numpy arrays and lists with equal items are
+equal data, as MLServer's pydantic models compare) and offer the pydantic methods
+MLServer's runtimes call on them (``model_validate``, ``parse_obj``, ``parse_raw``,
+``parse_file``, ``model_dump``, ``dict``, ``model_dump_json``, ``json``,
+``model_copy``), without pydantic.
+
 This module is imported by worker children running other Pythons (3.9 and up), so it
 uses only the standard library and numpy.
 """
 
 from __future__ import annotations
 
+import copy as _copy
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
 __all__ = [
     "DATATYPES",
+    "Datatype",
     "HeaderDict",
     "InferenceRequest",
     "InferenceResponse",
@@ -28,9 +39,31 @@ __all__ = [
     "RequestInput",
     "RequestOutput",
     "ResponseOutput",
+    "TensorData",
     "datatype_of",
     "numpy_dtype",
 ]
+
+
+class Datatype(str, Enum):
+    """The protocol's tensor datatypes (MLServer's enum; each equals its name as a str)."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+
+    def __str__(self) -> str:
+        return self.value
 
 #: Every tensor datatype of the protocol and its numpy dtype (``None`` for BYTES,
 #: which is a list of byte strings). Little-endian, as on the wire.
@@ -80,6 +113,231 @@ def datatype_of(dtype: Any) -> str:
         return _KIND_TO_DATATYPE[(dt.kind, dt.itemsize)]
     except KeyError:
         raise ValueError(f"no V2 datatype for numpy dtype {dt}") from None
+
+
+#: The parameter under which the codecs keep a decoded payload (MLServer's name).
+DECODED_PARAMETER = "_decoded_payload"
+
+
+def values_equal(a: Any, b: Any) -> bool:
+    """
+    Equality of message field values, numpy-aware: an array equals another array or a
+    (nested) list with the same items in the same order (shapes are fields of their own).
+    """
+    if a is b:
+        return True
+    if isinstance(a, TensorData):
+        a = a.root
+    if isinstance(b, TensorData):
+        b = b.root
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        try:
+            left, right = _comparable(a), _comparable(b)
+            if left.size != right.size:
+                return False
+            if left.dtype.kind == "f" or right.dtype.kind == "f":
+                return bool(np.array_equal(left.ravel(), right.ravel(), equal_nan=True))
+            return bool(np.array_equal(left.ravel(), right.ravel()))
+        except (TypeError, ValueError):
+            return False
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _comparable(value: Any) -> np.ndarray:
+    """An array of ``value``; a list with None among numbers reads None as NaN (JSON's null)."""
+    if isinstance(value, np.ndarray):
+        return value
+    array = np.asarray(value)
+    if array.dtype == object and any(v is None for v in array.ravel()):
+        try:
+            return np.asarray([np.nan if v is None else v for v in array.ravel()], dtype=float)
+        except (TypeError, ValueError):
+            return array
+    return array
+
+
+def _jsonable(value: Any) -> Any:
+    """A value made JSON-ready: arrays and tensor data as lists, bytes as UTF-8 text."""
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, TensorData):
+        return _jsonable(value.root)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class TensorData:
+    """
+    A tensor's data as MLServer's ``TensorData`` holds it: ``root`` is the list (or
+    array). Iterates, indexes and measures as its root; compares by value.
+
+    v2d's own messages carry the data itself (a list or an array) in ``data``; this
+    class is for code written against MLServer that builds or unwraps it.
+    """
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Any = None) -> None:
+        self.root = root.root if isinstance(root, TensorData) else root
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.root)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.root[index]
+
+    def __len__(self) -> int:
+        return len(self.root)
+
+    def __eq__(self, other: object) -> bool:
+        return values_equal(self.root, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TensorData(root={self.root!r})"
+
+    def __reduce__(self):
+        return (TensorData, (self.root,))
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> "TensorData":
+        return cls(obj)
+
+    parse_obj = model_validate
+
+    @classmethod
+    def model_validate_json(cls, text: Any) -> "TensorData":
+        return cls(json.loads(text))
+
+    parse_raw = model_validate_json
+
+    def model_dump(self, **kwargs: Any) -> Any:
+        return self.root
+
+    dict = model_dump
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        return json.dumps(_jsonable(self.root))
+
+    json = model_dump_json
+
+
+def _plain(value: Any, exclude_none: bool) -> Any:
+    """A field's value as plain Python (messages as dicts)."""
+    if isinstance(value, _Message):
+        return value.model_dump(exclude_none=exclude_none)
+    if isinstance(value, Parameters):
+        return value.to_dict()
+    if isinstance(value, TensorData):
+        return value.root
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list):
+        return [_plain(v, exclude_none) for v in value]
+    return value
+
+
+class _Message:
+    """What the message dataclasses share: value equality and pydantic's method names."""
+
+    #: Fields holding nested messages: name -> (class, whether a list of them).
+    _NESTED: Dict[str, Any] = {}
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(
+            values_equal(getattr(self, f.name), getattr(other, f.name))
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> Any:
+        """Build from a mapping (nested mappings become messages); a message is returned as it is."""
+        if isinstance(obj, cls):
+            return obj
+        if not isinstance(obj, dict):
+            raise TypeError(f"{cls.__name__} must be built from an object, got {type(obj).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(obj) - names)
+        if unknown:
+            raise TypeError(f"{cls.__name__}: unknown field(s) {', '.join(map(repr, unknown))}")
+        kwargs = dict(obj)
+        for name, (kind, many) in cls._NESTED.items():
+            value = kwargs.get(name)
+            if value is None:
+                continue
+            if many:
+                kwargs[name] = [kind.model_validate(v) for v in value]
+            else:
+                kwargs[name] = kind.model_validate(value)
+        return cls(**kwargs)
+
+    parse_obj = model_validate
+
+    @classmethod
+    def model_validate_json(cls, text: Any) -> Any:
+        """Build from JSON text."""
+        return cls.model_validate(json.loads(text))
+
+    parse_raw = model_validate_json
+
+    @classmethod
+    def parse_file(cls, path: str) -> Any:
+        """Build from a JSON file."""
+        with open(path, "rb") as f:
+            return cls.model_validate_json(f.read())
+
+    def model_dump(self, exclude_none: bool = True, **kwargs: Any) -> Dict[str, Any]:
+        """The message as plain Python: fields (None ones left out, as MLServer's) and nested dicts."""
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None and exclude_none:
+                continue
+            out[f.name] = _plain(value, exclude_none)
+        return out
+
+    dict = model_dump
+
+    def model_dump_json(self, exclude_none: bool = True, **kwargs: Any) -> str:
+        """The message as JSON text (arrays as lists, bytes as UTF-8 text)."""
+        return json.dumps(_jsonable(self.model_dump(exclude_none=exclude_none)))
+
+    json = model_dump_json
+
+    def model_copy(self, update: Optional[Dict[str, Any]] = None, deep: bool = False) -> Any:
+        """A copy, with ``update``'s fields replaced."""
+        new = _copy.deepcopy(self) if deep else _copy.copy(self)
+        for key, value in (update or {}).items():
+            setattr(new, key, value)
+        return new
+
+    copy = model_copy
+
+
+def _plain_datatype(datatype: Any) -> Any:
+    """A ``Datatype`` member as its name (MLServer keeps enum values as strings)."""
+    return datatype.value if isinstance(datatype, Enum) else datatype
 
 
 class HeaderDict(dict):
@@ -145,8 +403,8 @@ class Parameters:
         return cls(**values)
 
     def to_dict(self) -> Dict[str, Any]:
-        """Every key whose value is not ``None``."""
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """Every key whose value is not ``None`` (the codecs' decoded-payload cache left out)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None and k != DECODED_PARAMETER}
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key``, or ``default``."""
@@ -162,15 +420,42 @@ class Parameters:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Parameters):
             return NotImplemented
-        return self.to_dict() == other.to_dict()
+        return values_equal(self.to_dict(), other.to_dict())
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
         return f"Parameters({inner})"
 
+    # pydantic's spellings, as MLServer's runtimes use them.
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> "Parameters":
+        """From a mapping (or a Parameters, returned as it is)."""
+        if isinstance(obj, Parameters):
+            return obj
+        if not isinstance(obj, dict):
+            raise TypeError(f"parameters must be an object, got {type(obj).__name__}")
+        return cls(**obj)
+
+    parse_obj = model_validate
+
+    def model_dump(self, **kwargs: Any) -> Dict[str, Any]:
+        """The keys whose values are not None."""
+        return self.to_dict()
+
+    dict = model_dump
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        """The JSON text of ``model_dump()``."""
+        return json.dumps(_jsonable(self.to_dict()))
+
+    json = model_dump_json
+
 
 @dataclass(eq=False)
-class RequestInput:
+class RequestInput(_Message):
     """One input tensor of a request."""
 
     name: str
@@ -179,17 +464,35 @@ class RequestInput:
     data: Any = None
     parameters: Optional[Parameters] = None
 
+    _NESTED = {"parameters": (Parameters, False)}
+
+    def __post_init__(self) -> None:
+        if type(self.datatype) is not str:
+            self.datatype = _plain_datatype(self.datatype)
+        if type(self.parameters) is dict:
+            self.parameters = Parameters(**self.parameters)
+        if type(self.data) is TensorData:
+            self.data = self.data.root
+        if type(self.parameters) is dict:
+            self.parameters = Parameters(**self.parameters)
+
 
 @dataclass(eq=False)
-class RequestOutput:
+class RequestOutput(_Message):
     """An output the client asks for, by name."""
 
     name: str
     parameters: Optional[Parameters] = None
 
+    _NESTED = {"parameters": (Parameters, False)}
+
+    def __post_init__(self) -> None:
+        if type(self.parameters) is dict:
+            self.parameters = Parameters(**self.parameters)
+
 
 @dataclass(eq=False)
-class ResponseOutput:
+class ResponseOutput(_Message):
     """One output tensor of a response."""
 
     name: str
@@ -198,9 +501,21 @@ class ResponseOutput:
     data: Any = None
     parameters: Optional[Parameters] = None
 
+    _NESTED = {"parameters": (Parameters, False)}
+
+    def __post_init__(self) -> None:
+        if type(self.datatype) is not str:
+            self.datatype = _plain_datatype(self.datatype)
+        if type(self.parameters) is dict:
+            self.parameters = Parameters(**self.parameters)
+        if type(self.data) is TensorData:
+            self.data = self.data.root
+        if type(self.parameters) is dict:
+            self.parameters = Parameters(**self.parameters)
+
 
 @dataclass(eq=False)
-class InferenceRequest:
+class InferenceRequest(_Message):
     """An inference request."""
 
     id: Optional[str] = None
@@ -208,9 +523,19 @@ class InferenceRequest:
     inputs: List[RequestInput] = field(default_factory=list)
     outputs: Optional[List[RequestOutput]] = None
 
+    _NESTED = {
+        "parameters": (Parameters, False),
+        "inputs": (RequestInput, True),
+        "outputs": (RequestOutput, True),
+    }
+
+    def __post_init__(self) -> None:
+        if type(self.parameters) is dict:
+            self.parameters = Parameters(**self.parameters)
+
 
 @dataclass(eq=False)
-class InferenceResponse:
+class InferenceResponse(_Message):
     """An inference response."""
 
     model_name: str
@@ -219,15 +544,29 @@ class InferenceResponse:
     parameters: Optional[Parameters] = None
     outputs: List[ResponseOutput] = field(default_factory=list)
 
+    _NESTED = {"parameters": (Parameters, False), "outputs": (ResponseOutput, True)}
 
-@dataclass
-class MetadataTensor:
+    def __post_init__(self) -> None:
+        if type(self.parameters) is dict:
+            self.parameters = Parameters(**self.parameters)
+
+
+@dataclass(eq=False)
+class MetadataTensor(_Message):
     """A tensor's description in model metadata and model-settings.json."""
 
     name: str
     datatype: str
     shape: List[int]
     parameters: Optional[Parameters] = None
+
+    _NESTED = {"parameters": (Parameters, False)}
+
+    def __post_init__(self) -> None:
+        if type(self.datatype) is not str:
+            self.datatype = _plain_datatype(self.datatype)
+        if type(self.parameters) is dict:
+            self.parameters = Parameters(**self.parameters)
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form of the protocol."""
@@ -241,8 +580,8 @@ class MetadataTensor:
         return out
 
 
-@dataclass
-class MetadataModelResponse:
+@dataclass(eq=False)
+class MetadataModelResponse(_Message):
     """The model metadata response."""
 
     name: str
@@ -251,6 +590,12 @@ class MetadataModelResponse:
     inputs: List[MetadataTensor] = field(default_factory=list)
     outputs: List[MetadataTensor] = field(default_factory=list)
     parameters: Optional[Parameters] = None
+
+    _NESTED = {
+        "inputs": (MetadataTensor, True),
+        "outputs": (MetadataTensor, True),
+        "parameters": (Parameters, False),
+    }
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form of the protocol."""
@@ -266,8 +611,8 @@ class MetadataModelResponse:
         return out
 
 
-@dataclass
-class MetadataServerResponse:
+@dataclass(eq=False)
+class MetadataServerResponse(_Message):
     """The server metadata response."""
 
     name: str

@@ -57,6 +57,7 @@ def test_model_settings(tmp_path):
                 ],
                 "parameters": {"version": "2", "uri": "./w.bin", "custom": 1},
                 "warm_workers": True,
+                "surprise": 1,
             }
         )
     )
@@ -64,8 +65,9 @@ def test_model_settings(tmp_path):
     assert s.name == "my-model" and s.version == "2"
     assert s.inputs[0].parameters.content_type == "np"
     assert s.parameters.extra == {"custom": 1}
-    assert s.unknown_fields == ["warm_workers"]
-    assert s.resolve_path(s.parameters.uri) == str(folder / "w.bin")
+    assert s.unknown_fields == ["surprise"]
+    assert s.warm_workers is True  # MLServer's field, accepted
+    assert s.parameters.uri == str(folder / "w.bin")  # a relative uri is made absolute
 
 
 def test_model_settings_environment_overrides(tmp_path):
@@ -75,7 +77,7 @@ def test_model_settings_environment_overrides(tmp_path):
     )
     env = {"V2D_MODEL_NAME": "b", "V2D_MODEL_MAX_BATCH_SIZE": "8", "V2D_MODEL_PARAMETERS": '{"version": "9"}'}
     s = ModelSettings.from_file(str(path), env)
-    assert (s.name, s.max_batch_size, s.version, s.parameters.uri) == ("b", 8, "9", "u")
+    assert (s.name, s.max_batch_size, s.version, s.parameters.uri) == ("b", 8, "9", str(tmp_path / "u"))
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,10 @@ Names follow MLServer's ``mlserver.codecs``. Built-in content types: ``np``
 (``DatetimeCodec``) and, for whole requests, ``pd`` (``PandasCodec``, needs pandas),
 ``np`` (``NumpyRequestCodec``) and ``str`` (``StringRequestCodec``).
 
+MLServer's module paths exist too (``v2d.codecs.numpy``, ``.string``, ``.base64``,
+``.datetime``, ``.pandas``, ``.base``, ``.utils``, ``.errors``, ``.decorator``,
+``.lists``), each naming the same objects as this package.
+
 Worker children import this package: it needs only the standard library and numpy
 (pandas is imported when a DataFrame is decoded).
 """
@@ -14,9 +18,19 @@ Worker children import this package: it needs only the standard library and nump
 from v2d.codecs._base import InputCodec, RequestCodec, SingleInputRequestCodec
 from v2d.codecs._base64 import Base64Codec
 from v2d.codecs._builtins import register_builtin_codecs
+from v2d.codecs._cache import (
+    DecodedParameterName,
+    decode_inference_request,
+    decode_request_input,
+    encode_inference_response,
+    encode_response_output,
+    get_decoded,
+    get_decoded_or_raw,
+    has_decoded,
+)
 from v2d.codecs._datetime import DatetimeCodec
-from v2d.codecs._decorator import decode_args
-from v2d.codecs._errors import CodecError, CodecNotFound
+from v2d.codecs._decorator import SignatureCodec, decode_args
+from v2d.codecs._errors import CodecError, CodecNotFound, InputsNotFound, OutputNotFound
 from v2d.codecs._numpy import NumpyCodec, NumpyRequestCodec, to_datatype, to_dtype
 from v2d.codecs._pandas import PandasCodec
 from v2d.codecs._registry import (
@@ -38,18 +52,26 @@ __all__ = [
     "CodecError",
     "CodecNotFound",
     "DatetimeCodec",
+    "DecodedParameterName",
     "InputCodec",
     "InputCodecLike",
+    "InputsNotFound",
     "NumpyCodec",
     "NumpyRequestCodec",
+    "OutputNotFound",
     "PandasCodec",
     "RequestCodec",
     "RequestCodecLike",
+    "SignatureCodec",
     "SingleInputRequestCodec",
     "StringCodec",
     "StringRequestCodec",
     "decode_args",
+    "decode_inference_request",
+    "decode_request_input",
     "decode_str",
+    "encode_inference_response",
+    "encode_response_output",
     "encode_str",
     "find_input_codec",
     "find_input_codec_by_payload",
@@ -57,6 +79,9 @@ __all__ = [
     "find_request_codec",
     "find_request_codec_by_payload",
     "find_request_codec_by_type_hint",
+    "get_decoded",
+    "get_decoded_or_raw",
+    "has_decoded",
     "register_builtin_codecs",
     "register_input_codec",
     "register_request_codec",

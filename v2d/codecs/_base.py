@@ -8,13 +8,15 @@ as well, since every method is a classmethod.
 
 from __future__ import annotations
 
+import logging
 import types
 import typing
 from typing import Any, ClassVar, List, Optional, Type
 
-from v2d.codecs._errors import CodecError
+from v2d.codecs._errors import CodecError, CodecInputError
 from v2d.errors import InferenceError
 from v2d.types import (
+    DECODED_PARAMETER,
     InferenceRequest,
     InferenceResponse,
     Parameters,
@@ -31,9 +33,14 @@ __all__ = [
     "bytes_items",
     "content_type_of",
     "content_type_parameters",
+    "get_decoded",
+    "has_decoded",
     "hint_key",
     "is_list_of",
+    "save_decoded",
 ]
+
+_log = logging.getLogger("v2d.codecs")
 
 #: Names given to tensors when nothing else names them (MLServer's).
 DEFAULT_INPUT_PREFIX = "input-"
@@ -88,6 +95,30 @@ def bytes_items(request_input: Any) -> List[Any]:
         else:
             stack.pop()
     return out
+
+
+def has_decoded(obj: Any) -> bool:
+    """Whether ``obj`` (a tensor, request or response) holds a decoded payload."""
+    params = getattr(obj, "parameters", None)
+    return params is not None and DECODED_PARAMETER in vars(params)
+
+
+def get_decoded(obj: Any) -> Any:
+    """The decoded payload ``obj`` holds (None if it holds none)."""
+    if has_decoded(obj):
+        return vars(obj.parameters)[DECODED_PARAMETER]
+    return None
+
+
+def save_decoded(obj: Any, payload: Any) -> None:
+    """Keep ``payload`` as ``obj``'s decoded payload (in its parameters, never sent)."""
+    if obj.parameters is None:
+        obj.parameters = Parameters()
+    setattr(obj.parameters, DECODED_PARAMETER, payload)
+
+
+def _deprecated(old: str, new: str) -> None:
+    _log.warning("DEPRECATED: %s() is deprecated, use %s()", old, new)
 
 
 def content_type_of(parameters: Any) -> Optional[str]:
@@ -154,11 +185,13 @@ class InputCodec(_Codec):
     @classmethod
     def encode(cls, name: str, payload: Any) -> ResponseOutput:
         """Deprecated name of ``encode_output``."""
+        _deprecated(f"{cls.__name__}.encode", "encode_output")
         return cls.encode_output(name, payload)
 
     @classmethod
     def decode(cls, request_input: RequestInput) -> Any:
         """Deprecated name of ``decode_input``."""
+        _deprecated(f"{cls.__name__}.decode", "decode_input")
         return cls.decode_input(request_input)
 
 
@@ -276,11 +309,13 @@ class RequestCodec(_Codec):
     @classmethod
     def encode(cls, model_name: str, payload: Any, model_version: Optional[str] = None) -> InferenceResponse:
         """Deprecated name of ``encode_response``."""
+        _deprecated(f"{cls.__name__}.encode", "encode_response")
         return cls.encode_response(model_name, payload, model_version)
 
     @classmethod
     def decode(cls, request: InferenceRequest) -> Any:
         """Deprecated name of ``decode_request``."""
+        _deprecated(f"{cls.__name__}.decode", "decode_request")
         return cls.decode_request(request)
 
 
@@ -308,35 +343,51 @@ class SingleInputRequestCodec(RequestCodec):
         return cls.InputCodec is not None and cls.InputCodec.can_encode(payload)
 
     @classmethod
+    def matches_type_hint(cls, type_hint: Any) -> bool:
+        """The input codec's type hint (``List[str]`` for the ``str`` request codec)."""
+        return cls.InputCodec is not None and cls.InputCodec.matches_type_hint(type_hint)
+
+    @classmethod
     def encode_response(
         cls, model_name: str, payload: Any, model_version: Optional[str] = None, **kwargs: Any
     ) -> InferenceResponse:
-        """A response with the one output ``output-1``."""
+        """A response with the one output ``output-1`` (its content type in its parameters)."""
         output = cls._input_codec().encode_output(f"{DEFAULT_OUTPUT_PREFIX}1", payload, **kwargs)
-        return InferenceResponse(model_name=model_name, model_version=model_version, outputs=[output])
+        return InferenceResponse(
+            model_name=model_name,
+            model_version=model_version,
+            parameters=content_type_parameters(cls.ContentType),
+            outputs=[output],
+        )
 
     @classmethod
     def decode_response(cls, response: InferenceResponse) -> Any:
-        """The one output of ``response``, decoded."""
+        """The one output of ``response``, decoded (its decoded payload if it holds one)."""
         if len(response.outputs) != 1:
-            raise InferenceError(
+            raise CodecInputError(
                 f"the '{cls.ContentType}' request codec takes exactly one output tensor, "
                 f"got {len(response.outputs)}"
             )
-        return cls._input_codec().decode_output(response.outputs[0])
+        output = response.outputs[0]
+        if not has_decoded(output):
+            save_decoded(output, cls._input_codec().decode_output(output))
+        return get_decoded(output)
 
     @classmethod
     def encode_request(cls, payload: Any, **kwargs: Any) -> InferenceRequest:
-        """A request with the one input ``input-1``."""
+        """A request with the one input ``input-1`` (its content type in its parameters)."""
         request_input = cls._input_codec().encode_input(f"{DEFAULT_INPUT_PREFIX}1", payload, **kwargs)
-        return InferenceRequest(inputs=[request_input])
+        return InferenceRequest(parameters=content_type_parameters(cls.ContentType), inputs=[request_input])
 
     @classmethod
     def decode_request(cls, request: InferenceRequest) -> Any:
-        """The one input of ``request``, decoded."""
+        """The one input of ``request``, decoded (its decoded payload if it holds one)."""
         if len(request.inputs) != 1:
-            raise InferenceError(
+            raise CodecInputError(
                 f"the '{cls.ContentType}' request codec takes exactly one input tensor, "
                 f"got {len(request.inputs)}"
             )
-        return cls._input_codec().decode_input(request.inputs[0])
+        first = request.inputs[0]
+        if not has_decoded(first):
+            save_decoded(first, cls._input_codec().decode_input(first))
+        return get_decoded(first)

@@ -36,7 +36,9 @@ class Base64Codec(BytesItemCodec):
 
     @classmethod
     def encode_item(cls, item: Any) -> Optional[str]:
-        if not isinstance(item, (bytes, bytearray, memoryview)):
+        if isinstance(item, str):
+            item = item.encode("utf-8")  # text is encoded as its UTF-8 bytes, as MLServer does
+        elif not isinstance(item, (bytes, bytearray, memoryview)):
             return None
         return base64.b64encode(item).decode("ascii")
 

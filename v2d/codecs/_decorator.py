@@ -31,7 +31,7 @@ import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from v2d.codecs._base import DEFAULT_OUTPUT_PREFIX, InputCodec, RequestCodec
-from v2d.codecs._errors import CodecError, CodecNotFound
+from v2d.codecs._errors import CodecError, CodecNotFound, InputsNotFound, OutputNotFound
 from v2d.codecs._registry import (
     find_input_codec,
     find_input_codec_by_payload,
@@ -41,7 +41,7 @@ from v2d.codecs._registry import (
 from v2d.errors import InferenceError
 from v2d.types import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
 
-__all__ = ["decode_args"]
+__all__ = ["SignatureCodec", "as_list", "decode_args"]
 
 _UnionType = getattr(types, "UnionType", None)
 _NO_DEFAULT = inspect.Parameter.empty
@@ -108,8 +108,9 @@ _BY_PAYLOAD = _Output(None, None, True)
 class _SignatureCodec:
     """The codecs of one ``predict``'s parameters and return value."""
 
-    def __init__(self, predict: Callable[..., Any]) -> None:
+    def __init__(self, predict: Callable[..., Any], method: bool = False) -> None:
         self._predict = predict
+        self._method = method
         self._qualname = getattr(predict, "__qualname__", repr(predict))
         self._resolved = False
         self._params: Dict[str, _Param] = {}
@@ -131,7 +132,9 @@ class _SignatureCodec:
                 return
             raise
         signature = inspect.signature(self._predict)
-        parameters = list(signature.parameters.values())[1:]  # skip self
+        parameters = list(signature.parameters.values())
+        if parameters and parameters[0].name == "self" or self._method:
+            parameters = parameters[1:]
         params: Dict[str, _Param] = {}
         request_param: Optional[_Param] = None
         for p in parameters:
@@ -188,6 +191,9 @@ class _SignatureCodec:
         if hint is None or hint is type(None):
             self._outputs = []
             return
+        if isinstance(hint, tuple):  # ``-> (np.ndarray, pd.DataFrame)``
+            self._outputs = [self._output_for(a) for a in hint]
+            return
         optional, inner = _unwrap_optional(hint)
         if typing.get_origin(inner) is tuple:
             args = typing.get_args(inner)
@@ -220,13 +226,7 @@ class _SignatureCodec:
         if others:
             request_param = self._request_param
             if request_param is None:
-                unknown = ", ".join(f"'{i.name}'" for i in others)
-                expected = ", ".join(f"'{name}'" for name in params) or "none"
-                raise InferenceError(
-                    f"unexpected input {unknown}: the model takes the inputs {expected}"
-                    if len(others) == 1
-                    else f"unexpected inputs {unknown}: the model takes the inputs {expected}"
-                )
+                raise InputsNotFound(others, params)
             kwargs[request_param.name] = request_param.codec.decode_request(
                 InferenceRequest(id=request.id, parameters=request.parameters, inputs=others)
             )
@@ -273,7 +273,9 @@ class _SignatureCodec:
                 self._variadic is None and len(result) != len(self._outputs)
             ):
                 count = "a tuple" if self._variadic is not None else f"a tuple of {len(self._outputs)}"
-                raise CodecError(f"{self._qualname} should return {count}, but returned {_describe(result)}")
+                raise OutputNotFound(
+                    f"{self._qualname} should return {count}, but returned {_describe(result)}"
+                )
             for index, item in enumerate(result):
                 spec = self._variadic if self._variadic is not None else self._outputs[index]
                 self._encode_one(outputs, spec, item, index, names)
@@ -302,7 +304,7 @@ class _SignatureCodec:
             raise CodecError(f"{self._qualname} returned None for output {index}")
         codec = spec.codec
         if codec is not None and not codec.can_encode(payload):
-            raise CodecError(
+            raise OutputNotFound(
                 f"{self._qualname} returned {_describe(payload)} for output {index}, "
                 f"but its type hint is {_hint_name(spec.hint)}"
             )
@@ -317,6 +319,92 @@ class _SignatureCodec:
             return
         name = names[index] if index < len(names) else f"{DEFAULT_OUTPUT_PREFIX}{index}"
         outputs.append(codec.encode_output(name=name, payload=payload))
+
+
+def as_list(hint: Any) -> List[Any]:
+    """The items of a return annotation: a ``Tuple[...]`` or tuple of hints, else ``[hint]``."""
+    if hint is None:
+        return []
+    if isinstance(hint, tuple):
+        return list(hint)
+    if typing.get_origin(hint) is tuple:
+        return list(typing.get_args(hint))
+    return [hint]
+
+
+class SignatureCodec(RequestCodec):
+    """
+    The request codec ``decode_args`` builds from a predict's signature (MLServer's):
+    ``decode_request`` gives the keyword arguments, ``encode_response`` encodes a
+    return value. An instance codec; the function may or may not take ``self``.
+    """
+
+    def __init__(self, predict: Callable[..., Any]) -> None:
+        self._signature = _SignatureCodec(predict)
+        self._signature.resolve()
+
+    @property
+    def _input_codecs(self) -> Dict[str, Any]:
+        """Parameter name -> its codec (a request codec for a parameter taking the rest)."""
+        sig = self._signature
+        codecs = {name: p.codec for name, p in sig._params.items() if p.kind != _RAW}
+        if sig._request_param is not None:
+            codecs[sig._request_param.name] = sig._request_param.codec
+        return codecs
+
+    @_input_codecs.setter
+    def _input_codecs(self, codecs: Dict[str, Any]) -> None:
+        sig = self._signature
+        params: Dict[str, _Param] = {}
+        sig._request_param = None
+        for name, codec in codecs.items():
+            old = sig._params.get(name) or sig._request_param
+            optional = old.optional if old is not None else False
+            default = old.default if old is not None else _NO_DEFAULT
+            if _is_request_codec(codec):
+                sig._request_param = _Param(name, _REQUEST, codec, optional, default)
+            else:
+                params[name] = _Param(name, _INPUT, codec, optional, default)
+        sig._params = params
+
+    @property
+    def _output_codecs(self) -> List[Any]:
+        """The codec of each output, in order."""
+        sig = self._signature
+        if sig._outputs is None:
+            return [sig._single.codec] if sig._single is not _BY_PAYLOAD else []
+        return [o.codec for o in sig._outputs]
+
+    @_output_codecs.setter
+    def _output_codecs(self, codecs: List[Any]) -> None:
+        sig = self._signature
+        outputs = [_Output(getattr(c, "TypeHint", None), c, False) for c in codecs]
+        sig._variadic = None
+        if len(outputs) == 1:
+            sig._outputs, sig._single = None, outputs[0]
+        else:
+            sig._outputs = outputs
+
+    def decode_request(self, request: InferenceRequest) -> Dict[str, Any]:  # type: ignore[override]
+        """The predict's keyword arguments, decoded from ``request``."""
+        return self._signature.decode(request)
+
+    def encode_response(  # type: ignore[override]
+        self, model_name: str, payload: Any, model_version: Optional[str] = None, **kwargs: Any
+    ) -> InferenceResponse:
+        """``payload`` (a predict's return value) as a response."""
+        model = _NamedModel(model_name, model_version)
+        return self._signature.encode(model, InferenceRequest(), payload)
+
+
+class _NamedModel:
+    """What ``_SignatureCodec.encode`` reads of a model, for ``SignatureCodec``."""
+
+    settings = None
+
+    def __init__(self, name: str, version: Optional[str]) -> None:
+        self.name = name
+        self.version = version
 
 
 def _describe(value: Any) -> str:
@@ -334,7 +422,7 @@ def decode_args(predict: Callable[..., Any]) -> Callable[[Any, InferenceRequest]
     Decorate a runtime's ``predict`` taking typed arguments (one per input, by name)
     so that it takes an ``InferenceRequest`` and returns an ``InferenceResponse``.
     """
-    codec = _SignatureCodec(predict)
+    codec = _SignatureCodec(predict, method=True)
     codec.resolve(defer_name_errors=True)
 
     if inspect.iscoroutinefunction(predict):

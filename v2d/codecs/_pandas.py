@@ -2,6 +2,9 @@
 ``PandasCodec`` ("pd"): a whole request (response) as a ``pandas.DataFrame``, one
 column per input (output).
 
+Columns of other Python objects (dicts, lists, numbers mixed with text) travel as JSON
+text, one item per row, under the content type ``pd_json`` (as in MLServer).
+
 pandas is optional: it is imported only when a DataFrame is decoded, and payload or
 type-hint checks look for an already imported pandas, so a worker environment without
 pandas imports v2d.codecs fine and gets a clear error only if it asks for "pd".
@@ -9,14 +12,22 @@ pandas imports v2d.codecs fine and gets a clear error only if it asks for "pd".
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from v2d.codecs._base import RequestCodec, bytes_items, content_type_of, content_type_parameters
+from v2d.codecs._base import (
+    RequestCodec,
+    bytes_items,
+    content_type_of,
+    content_type_parameters,
+    get_decoded,
+    has_decoded,
+)
 from v2d.codecs._errors import CodecError
-from v2d.codecs._numpy import NumpyCodec, to_datatype
+from v2d.codecs._numpy import NumpyCodec, to_datatype, to_dtype
 from v2d.codecs._registry import find_input_codec
 from v2d.errors import InferenceError
 from v2d.types import (
@@ -26,7 +37,10 @@ from v2d.types import (
     ResponseOutput,
 )
 
-__all__ = ["PandasCodec", "require_pandas"]
+__all__ = ["JSON_CONTENT_TYPE", "PandasCodec", "require_pandas", "to_response_output"]
+
+#: The content type of a column whose items are JSON text.
+JSON_CONTENT_TYPE = "pd_json"
 
 
 def require_pandas() -> Any:
@@ -48,8 +62,20 @@ def _dataframe_type() -> Optional[type]:
 
 
 def _column(pd: Any, tensor: Any) -> Any:
-    """One input (output) as a Series."""
+    """One input (output) as a Series (its decoded payload, if it holds one)."""
+    if has_decoded(tensor):
+        decoded = get_decoded(tensor)
+        if isinstance(decoded, np.ndarray):
+            if tensor.datatype != "BYTES":
+                decoded = decoded.astype(to_dtype(tensor.datatype), copy=False)
+            if decoded.ndim > 1 and decoded.size == decoded.shape[0]:
+                decoded = decoded.reshape(decoded.shape[0])
+            elif decoded.ndim > 1:
+                decoded = list(decoded)
+        return pd.Series(decoded)
     content_type = content_type_of(tensor.parameters)
+    if content_type == JSON_CONTENT_TYPE:
+        return pd.Series([_json_item(tensor.name, item) for item in bytes_items(tensor)], dtype=object)
     if content_type and content_type not in (NumpyCodec.ContentType, PandasCodec.ContentType):
         codec = find_input_codec(content_type=content_type)
         if codec is not None:
@@ -69,6 +95,25 @@ def _column(pd: Any, tensor: Any) -> Any:
     return pd.Series(array)
 
 
+def _json_item(name: str, item: Any) -> Any:
+    try:
+        return json.loads(item)
+    except (TypeError, ValueError):
+        raise InferenceError(
+            f"input '{name}': item is not valid JSON (content type '{JSON_CONTENT_TYPE}')"
+        ) from None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8")
+    raise TypeError(f"cannot encode a {type(value).__name__} as JSON")
+
+
 def _frame(pd: Any, tensors: List[Any]) -> Any:
     columns = {}
     for tensor in tensors:
@@ -79,21 +124,46 @@ def _frame(pd: Any, tensors: List[Any]) -> Any:
     return pd.DataFrame(columns)
 
 
+def _is_text(item: Any) -> bool:
+    if isinstance(item, str):
+        return True
+    try:
+        bytes(item).decode("utf-8")
+    except (TypeError, UnicodeDecodeError):
+        return False
+    return True
+
+
 def _bytes_column(name: str, items: List[Any], use_bytes: bool) -> Tuple[List[Any], Optional[str]]:
     if all(isinstance(item, str) for item in items):
         return ([item.encode("utf-8") for item in items] if use_bytes else list(items)), "str"
+    text = True
     out: List[Any] = []
     for item in items:
         if isinstance(item, str):
             out.append(item.encode("utf-8") if use_bytes else item)
         elif isinstance(item, (bytes, bytearray, memoryview)):
             out.append(bytes(item))
+            text = text and _is_text(item)
         else:
-            raise CodecError(
-                f"column '{name}': cannot encode a {type(item).__name__} item "
-                "(columns must be numeric, datetime, str or bytes)"
+            return _json_column(name, items, use_bytes), JSON_CONTENT_TYPE
+    return out, ("str" if text else None)
+
+
+def _json_column(name: str, items: List[Any], use_bytes: bool) -> List[Any]:
+    """Each item as compact JSON text (``pd_json``)."""
+    out = []
+    for item in items:
+        try:
+            text = json.dumps(
+                item, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_json_default
             )
-    return out, None
+        except (TypeError, ValueError) as e:
+            raise CodecError(
+                f"column '{name}': cannot encode a {type(item).__name__} item as JSON ({e})"
+            ) from None
+        out.append(text.encode("utf-8") if use_bytes else text)
+    return out
 
 
 def _tensor_parts(
@@ -114,28 +184,28 @@ def _tensor_parts(
     raise CodecError(f"column '{name}': no V2 datatype for dtype {series.dtype}")
 
 
+def to_response_output(series: Any, use_bytes: bool = True) -> ResponseOutput:
+    """One column (a Series) as a response output named after it, shape ``[N, 1]``."""
+    name = str(series.name)
+    shape, datatype, data, content_type = _tensor_parts(require_pandas(), name, series, use_bytes)
+    return ResponseOutput(
+        name=name,
+        shape=shape,
+        datatype=datatype,
+        data=data,
+        parameters=content_type_parameters(content_type),
+    )
+
+
 def _outputs(payload: Any, use_bytes: bool) -> List[ResponseOutput]:
-    pd = require_pandas()
-    outputs = []
-    for column in payload.columns:
-        name = str(column)
-        shape, datatype, data, content_type = _tensor_parts(pd, name, payload[column], use_bytes)
-        outputs.append(
-            ResponseOutput(
-                name=name,
-                shape=shape,
-                datatype=datatype,
-                data=data,
-                parameters=content_type_parameters(content_type),
-            )
-        )
-    return outputs
+    return [to_response_output(payload[column].rename(column), use_bytes) for column in payload.columns]
 
 
 class PandasCodec(RequestCodec):
     """A request (response) as a DataFrame: one column per input (output)."""
 
     ContentType = "pd"
+    JsonContentType = JSON_CONTENT_TYPE
 
     @classmethod
     def can_encode(cls, payload: Any) -> bool:

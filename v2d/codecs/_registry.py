@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Type, TypeVar, Union
 from v2d.codecs._base import InputCodec, RequestCodec
 
 __all__ = [
+    "CodecRegistries",
     "CodecRegistry",
     "InputCodecLike",
     "RequestCodecLike",
@@ -39,9 +40,9 @@ class CodecRegistry:
     def __init__(self) -> None:
         self._codecs: Dict[str, Any] = {}
 
-    def register(self, codec: Any) -> None:
-        """Add ``codec`` under its ``ContentType`` (replacing any codec of that name)."""
-        content_type = getattr(codec, "ContentType", None)
+    def register(self, codec: Any, content_type: Optional[str] = None) -> None:
+        """Add ``codec`` under ``content_type`` or its ``ContentType`` (replacing any codec of that name)."""
+        content_type = content_type or getattr(codec, "ContentType", None)
         if not content_type or not isinstance(content_type, str):
             raise ValueError(f"codec {codec!r} has no ContentType")
         self._codecs.pop(content_type, None)  # re-registering moves it to the end
@@ -81,8 +82,59 @@ def _matches_type_hint(codec: Any, type_hint: Any) -> bool:
     return getattr(codec, "TypeHint", None) == type_hint  # a duck-typed codec
 
 
-input_codecs = CodecRegistry()
-request_codecs = CodecRegistry()
+class CodecRegistries:
+    """
+    A pair of registries, input codecs and request codecs, with MLServer's registry
+    methods (``register_input_codec(content_type, codec)``, ``find_input_codec(...)``...).
+    The module-level functions use the process-wide pair.
+    """
+
+    def __init__(
+        self, input_codecs: Optional[CodecRegistry] = None, request_codecs: Optional[CodecRegistry] = None
+    ) -> None:
+        self.inputs = input_codecs if input_codecs is not None else CodecRegistry()
+        self.requests = request_codecs if request_codecs is not None else CodecRegistry()
+
+    def register_input_codec(self, content_type: str, codec: InputCodecLike) -> None:
+        """Add an input codec under ``content_type``."""
+        self.inputs.register(codec, content_type)
+
+    def register_request_codec(self, content_type: str, codec: RequestCodecLike) -> None:
+        """Add a request codec under ``content_type``."""
+        self.requests.register(codec, content_type)
+
+    def find_input_codec(
+        self, content_type: Optional[str] = None, payload: Any = None, type_hint: Any = None
+    ) -> Optional[InputCodecLike]:
+        """The input codec for a content type, else a payload, else a type hint; or ``None``."""
+        return _find(self.inputs, content_type, payload, type_hint)
+
+    def find_input_codec_by_payload(self, payload: Any) -> Optional[InputCodecLike]:
+        """The input codec that can encode ``payload``, or ``None``."""
+        return self.inputs.by_payload(payload)
+
+    def find_input_codec_by_type_hint(self, type_hint: Any) -> Optional[InputCodecLike]:
+        """The input codec for ``type_hint``, or ``None``."""
+        return self.inputs.by_type_hint(type_hint)
+
+    def find_request_codec(
+        self, content_type: Optional[str] = None, payload: Any = None, type_hint: Any = None
+    ) -> Optional[RequestCodecLike]:
+        """The request codec for a content type, else a payload, else a type hint; or ``None``."""
+        return _find(self.requests, content_type, payload, type_hint)
+
+    def find_request_codec_by_payload(self, payload: Any) -> Optional[RequestCodecLike]:
+        """The request codec that can encode ``payload``, or ``None``."""
+        return self.requests.by_payload(payload)
+
+    def find_request_codec_by_type_hint(self, type_hint: Any) -> Optional[RequestCodecLike]:
+        """The request codec for ``type_hint``, or ``None``."""
+        return self.requests.by_type_hint(type_hint)
+
+
+_registries = CodecRegistries()
+input_codecs = _registries.inputs
+request_codecs = _registries.requests
 
 
 def register_input_codec(codec: _C) -> _C:
@@ -107,35 +159,10 @@ def _find(registry: CodecRegistry, content_type: Optional[str], payload: Any, ty
     return None
 
 
-def find_input_codec(
-    content_type: Optional[str] = None, payload: Any = None, type_hint: Any = None
-) -> Optional[InputCodecLike]:
-    """The input codec for a content type, else a payload, else a type hint; or ``None``."""
-    return _find(input_codecs, content_type, payload, type_hint)
-
-
-def find_input_codec_by_payload(payload: Any) -> Optional[InputCodecLike]:
-    """The input codec that can encode ``payload``, or ``None``."""
-    return input_codecs.by_payload(payload)
-
-
-def find_input_codec_by_type_hint(type_hint: Any) -> Optional[InputCodecLike]:
-    """The input codec for ``type_hint``, or ``None``."""
-    return input_codecs.by_type_hint(type_hint)
-
-
-def find_request_codec(
-    content_type: Optional[str] = None, payload: Any = None, type_hint: Any = None
-) -> Optional[RequestCodecLike]:
-    """The request codec for a content type, else a payload, else a type hint; or ``None``."""
-    return _find(request_codecs, content_type, payload, type_hint)
-
-
-def find_request_codec_by_payload(payload: Any) -> Optional[RequestCodecLike]:
-    """The request codec that can encode ``payload``, or ``None``."""
-    return request_codecs.by_payload(payload)
-
-
-def find_request_codec_by_type_hint(type_hint: Any) -> Optional[RequestCodecLike]:
-    """The request codec for ``type_hint``, or ``None``."""
-    return request_codecs.by_type_hint(type_hint)
+#: The process-wide look-ups (bound methods of the process-wide registries).
+find_input_codec = _registries.find_input_codec
+find_input_codec_by_payload = _registries.find_input_codec_by_payload
+find_input_codec_by_type_hint = _registries.find_input_codec_by_type_hint
+find_request_codec = _registries.find_request_codec
+find_request_codec_by_payload = _registries.find_request_codec_by_payload
+find_request_codec_by_type_hint = _registries.find_request_codec_by_type_hint

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException
 
 from v2d.aio import as_deferred
-from v2d.errors import Unimplemented, V2DError
+from v2d.errors import HTTP_STATUS_OF_KIND, Unimplemented, V2DError
 from v2d.headers import attach_headers, take_headers
 from v2d.modelconfig import model_config
 from v2d.rest._binary import HEADER_LENGTH, decode_infer_body, encode_infer_body
@@ -32,15 +32,8 @@ from v2d.types import HeaderDict, InferenceRequest, InferenceResponse
 
 __all__ = ["HOP_BY_HOP", "RestAPI", "STATUS_OF_KIND"]
 
-STATUS_OF_KIND: Dict[str, int] = {
-    "INVALID_ARGUMENT": 400,
-    "FAILED_PRECONDITION": 400,
-    "UNIMPLEMENTED": 400,
-    "NOT_FOUND": 404,
-    "RESOURCE_EXHAUSTED": 413,
-    "UNAVAILABLE": 503,
-    "INTERNAL": 500,
-}
+#: HTTP statuses of the v2d.errors kinds (an ``MLServerError`` may carry its own).
+STATUS_OF_KIND: Dict[str, int] = HTTP_STATUS_OF_KIND
 
 #: Headers that describe one connection, never copied to or from a model.
 HOP_BY_HOP = frozenset(
@@ -70,7 +63,7 @@ log = Logger()
 
 
 def _error(request: Any, exc: V2DError) -> bytes:
-    request.setResponseCode(STATUS_OF_KIND.get(exc.kind, 500))
+    request.setResponseCode(exc.status_code)
     request.setHeader(b"content-type", _JSON)
     return error_body(exc.message)
 

@@ -52,7 +52,12 @@ def describe(exc: BaseException) -> Dict[str, Any]:
     message = str(exc)
     if isinstance(exc, errors.V2DError):
         own = type(exc).__module__ == errors.__name__
-        return {"v2d": type(exc).__name__ if own else None, "kind": exc.kind, "message": exc.message}
+        return {
+            "v2d": type(exc).__name__ if own else None,
+            "kind": exc.kind,
+            "message": exc.message,
+            "status_code": exc.status_code,
+        }
     if isinstance(exc, NotImplementedError):
         return {"builtin": "NotImplementedError", "message": message}
     return {"type": type(exc).__name__, "message": message}
@@ -69,6 +74,10 @@ def rebuild(description: Dict[str, Any]) -> Exception:
                 return cls(message)
             except TypeError:
                 pass
+        status_code = description.get("status_code")
+        usual = errors.HTTP_STATUS_OF_KIND.get(description["kind"])
+        if isinstance(status_code, int) and status_code != usual:
+            return errors.MLServerError(message, status_code)
         return _KINDS.get(description["kind"], errors.Internal)(message)
     if description.get("builtin") == "NotImplementedError":
         return NotImplementedError(message)
