@@ -13,6 +13,12 @@ This works by giving the folder's modules their own ``__builtins__`` whose
 of anything else go through Python's ordinary machinery. ``importlib.import_module``
 called with a bare name inside model code is not remapped.
 
+Code written for MLServer works as it is: when the real ``mlserver`` package is not
+installed (in this interpreter: the server's, or a worker's environment), ``import
+mlserver...`` in a model's code gives v2d's modules of the same paths
+(``mlserver.codecs.numpy`` is ``v2d.codecs.numpy``). When it is installed, the model
+gets the real one, and v2d serves its ``MLModel`` subclasses through an adapter.
+
 Imported by worker children (Python 3.9 and up): standard library only.
 """
 
@@ -22,6 +28,7 @@ import builtins
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import itertools
 import os
 import re
@@ -31,9 +38,23 @@ from typing import Any, Dict, FrozenSet, Optional
 __all__ = ["ModelNamespace", "ImplementationError", "load_implementation"]
 
 PREFIX = "_v2d_models"
+#: The package whose imports map to v2d's own modules when it is not installed.
+MLSERVER = "mlserver"
 _counter = itertools.count(1)
+_mlserver_installed: Optional[bool] = None
 _namespaces: Dict[str, "ModelNamespace"] = {}
 _real_import = builtins.__import__
+
+
+def mlserver_installed() -> bool:
+    """Whether the real MLServer package can be imported here (looked up once)."""
+    global _mlserver_installed
+    if _mlserver_installed is None:
+        try:
+            _mlserver_installed = importlib.util.find_spec(MLSERVER) is not None
+        except (ImportError, ValueError):
+            _mlserver_installed = False
+    return _mlserver_installed
 
 
 class ImplementationError(ImportError):
@@ -73,12 +94,15 @@ class ModelNamespace:
         self, name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
     ) -> Any:
         if level == 0 and name:
-            top = name.partition(".")[0]
+            top, _, rest = name.partition(".")
             if top in self.top_names:
                 module = _real_import(f"{self.package}.{name}", globals, locals, fromlist, 0)
                 if fromlist:
                     return module
                 return sys.modules[f"{self.package}.{top}"]
+            if top == MLSERVER and not mlserver_installed():
+                target = "v2d" + (f".{rest}" if rest else "")
+                return _real_import(target, globals, locals, fromlist, 0)
         return _real_import(name, globals, locals, fromlist, level)
 
     def import_object(self, dotted: str) -> Any:

@@ -340,6 +340,22 @@ def _plain_datatype(datatype: Any) -> Any:
     return datatype.value if isinstance(datatype, Enum) else datatype
 
 
+def _tidy_parameters(message: Any) -> None:
+    """``parameters`` given as a plain mapping become a ``Parameters``."""
+    if type(message.parameters) is dict:
+        message.parameters = Parameters(**message.parameters)
+
+
+def _tidy_tensor(tensor: Any) -> None:
+    """A tensor's fields as v2d keeps them: datatype a str, data unwrapped, parameters an object."""
+    if type(tensor.datatype) is not str:
+        tensor.datatype = _plain_datatype(tensor.datatype)
+    if type(getattr(tensor, "data", None)) is TensorData:
+        tensor.data = tensor.data.root
+    if type(tensor.parameters) is dict:
+        tensor.parameters = Parameters(**tensor.parameters)
+
+
 class HeaderDict(dict):
     """
     Request or response headers: a dict whose lookups ignore the case of names.
@@ -466,15 +482,7 @@ class RequestInput(_Message):
 
     _NESTED = {"parameters": (Parameters, False)}
 
-    def __post_init__(self) -> None:
-        if type(self.datatype) is not str:
-            self.datatype = _plain_datatype(self.datatype)
-        if type(self.parameters) is dict:
-            self.parameters = Parameters(**self.parameters)
-        if type(self.data) is TensorData:
-            self.data = self.data.root
-        if type(self.parameters) is dict:
-            self.parameters = Parameters(**self.parameters)
+    __post_init__ = _tidy_tensor
 
 
 @dataclass(eq=False)
@@ -486,9 +494,7 @@ class RequestOutput(_Message):
 
     _NESTED = {"parameters": (Parameters, False)}
 
-    def __post_init__(self) -> None:
-        if type(self.parameters) is dict:
-            self.parameters = Parameters(**self.parameters)
+    __post_init__ = _tidy_parameters
 
 
 @dataclass(eq=False)
@@ -503,15 +509,7 @@ class ResponseOutput(_Message):
 
     _NESTED = {"parameters": (Parameters, False)}
 
-    def __post_init__(self) -> None:
-        if type(self.datatype) is not str:
-            self.datatype = _plain_datatype(self.datatype)
-        if type(self.parameters) is dict:
-            self.parameters = Parameters(**self.parameters)
-        if type(self.data) is TensorData:
-            self.data = self.data.root
-        if type(self.parameters) is dict:
-            self.parameters = Parameters(**self.parameters)
+    __post_init__ = _tidy_tensor
 
 
 @dataclass(eq=False)
@@ -529,9 +527,7 @@ class InferenceRequest(_Message):
         "outputs": (RequestOutput, True),
     }
 
-    def __post_init__(self) -> None:
-        if type(self.parameters) is dict:
-            self.parameters = Parameters(**self.parameters)
+    __post_init__ = _tidy_parameters
 
 
 @dataclass(eq=False)
@@ -546,9 +542,7 @@ class InferenceResponse(_Message):
 
     _NESTED = {"parameters": (Parameters, False), "outputs": (ResponseOutput, True)}
 
-    def __post_init__(self) -> None:
-        if type(self.parameters) is dict:
-            self.parameters = Parameters(**self.parameters)
+    __post_init__ = _tidy_parameters
 
 
 @dataclass(eq=False)
@@ -562,11 +556,7 @@ class MetadataTensor(_Message):
 
     _NESTED = {"parameters": (Parameters, False)}
 
-    def __post_init__(self) -> None:
-        if type(self.datatype) is not str:
-            self.datatype = _plain_datatype(self.datatype)
-        if type(self.parameters) is dict:
-            self.parameters = Parameters(**self.parameters)
+    __post_init__ = _tidy_tensor
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form of the protocol."""
