@@ -107,7 +107,7 @@ def lay_out(source: str, into: str) -> List[str]:
 
 
 def read_expected() -> List[Tuple[str, str]]:
-    """(node id prefix, reason) of each deliberate difference."""
+    """(node id prefix, reason) of each deliberate difference (the comment above it)."""
     out = []
     reason = ""
     with open(os.path.join(HERE, "expected_failures.txt"), encoding="utf-8") as f:
@@ -155,13 +155,14 @@ def main(argv: List[str] | None = None) -> int:
         if not os.path.exists(junit):
             return status or 1
         total, failed = failures(junit)
+        expected = read_expected()
+        for node in sorted(failed):
+            reason = next((r for p, r in expected if node.startswith(p)), None)
+            print(f"failed: {node}" + (f"  [deliberate: {reason}]" if reason else "  [NOT a listed difference]"))
         print(f"{total - len(failed)} of {total} MLServer tests pass against v2d")
         if not opts.expected:
             return 0
-        expected = read_expected()
-        unexplained = sorted(n for n in failed if not any(n.startswith(p) for p, _ in expected))
-        for node in unexplained:
-            print(f"not a listed difference: {node}")
+        unexplained = [n for n in failed if not any(n.startswith(p) for p, _ in expected)]
         return 1 if unexplained else 0
     finally:
         if opts.keep:
