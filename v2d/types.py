@@ -282,6 +282,11 @@ class _Message:
         if unknown:
             raise TypeError(f"{cls.__name__}: unknown field(s) {', '.join(map(repr, unknown))}")
         kwargs = dict(obj)
+        datatype = kwargs.get("datatype")
+        if "datatype" in names and _plain_datatype(datatype) not in DATATYPES:
+            from v2d.errors import InferenceError
+
+            raise InferenceError(f"{cls.__name__}: field 'datatype': unknown datatype {datatype!r}")
         for name, (kind, many) in cls._NESTED.items():
             value = kwargs.get(name)
             if value is None:

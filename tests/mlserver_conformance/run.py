@@ -158,7 +158,8 @@ def main(argv: List[str] | None = None) -> int:
         expected = read_expected()
         for node in sorted(failed):
             reason = next((r for p, r in expected if node.startswith(p)), None)
-            print(f"failed: {node}" + (f"  [deliberate: {reason}]" if reason else "  [NOT a listed difference]"))
+            verdict = f"deliberate: {reason}" if reason else "NOT a listed difference"
+            print(f"failed: {node}  [{verdict}]")
         print(f"{total - len(failed)} of {total} MLServer tests pass against v2d")
         if not opts.expected:
             return 0

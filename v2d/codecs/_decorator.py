@@ -64,6 +64,23 @@ def _unwrap_optional(hint: Any) -> Tuple[bool, Any]:
     return False, hint
 
 
+def _type_hints(fn: Callable[..., Any]) -> Dict[str, Any]:
+    """
+    ``fn``'s annotations, evaluated; also the forms ``typing`` refuses, such as a plain
+    tuple of types as the return annotation (``-> (np.ndarray, pd.DataFrame)``).
+    """
+    try:
+        return typing.get_type_hints(fn)
+    except TypeError:
+        pass
+    target = inspect.unwrap(fn)
+    namespace = getattr(target, "__globals__", {})
+    hints = {}
+    for name, value in getattr(target, "__annotations__", {}).items():
+        hints[name] = eval(value, namespace) if isinstance(value, str) else value  # noqa: S307
+    return hints
+
+
 def _is_request_codec(codec: Any) -> bool:
     if isinstance(codec, type):
         return issubclass(codec, RequestCodec)
@@ -126,7 +143,7 @@ class _SignatureCodec:
         if self._resolved:
             return
         try:
-            hints = typing.get_type_hints(self._predict)
+            hints = _type_hints(self._predict)
         except NameError:
             if defer_name_errors:
                 return
