@@ -30,15 +30,24 @@ __all__ = [
     "DATATYPES",
     "Datatype",
     "HeaderDict",
+    "InferenceErrorResponse",
     "InferenceRequest",
     "InferenceResponse",
+    "MetadataModelErrorResponse",
     "MetadataModelResponse",
+    "MetadataServerErrorResponse",
     "MetadataServerResponse",
     "MetadataTensor",
     "Parameters",
+    "RepositoryIndexRequest",
+    "RepositoryIndexResponse",
+    "RepositoryIndexResponseItem",
+    "RepositoryLoadErrorResponse",
+    "RepositoryUnloadErrorResponse",
     "RequestInput",
     "RequestOutput",
     "ResponseOutput",
+    "State",
     "TensorData",
     "datatype_of",
     "numpy_dtype",
@@ -617,3 +626,80 @@ class MetadataServerResponse(_Message):
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form of the protocol."""
         return {"name": self.name, "version": self.version, "extensions": list(self.extensions)}
+
+
+# The protocol's error bodies and the repository extension's messages, as MLServer's
+# ``mlserver.types`` names them (v2d's transports write these as JSON themselves).
+
+
+@dataclass(eq=False)
+class InferenceErrorResponse(_Message):
+    """An inference error body: ``{"error": "..."}``."""
+
+    error: Optional[str] = None
+
+
+@dataclass(eq=False)
+class MetadataServerErrorResponse(_Message):
+    """A server metadata error body."""
+
+    error: str = ""
+
+
+@dataclass(eq=False)
+class MetadataModelErrorResponse(_Message):
+    """A model metadata error body."""
+
+    error: str = ""
+
+
+class State(str, Enum):
+    """A model's state in the repository index."""
+
+    UNKNOWN = "UNKNOWN"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(eq=False)
+class RepositoryIndexRequest(_Message):
+    """A repository index request (``ready``: only models that are, or are not, ready)."""
+
+    ready: Optional[bool] = None
+
+
+@dataclass(eq=False)
+class RepositoryIndexResponseItem(_Message):
+    """One model of the repository index."""
+
+    name: str
+    state: str
+    reason: str = ""
+    version: Optional[str] = None
+
+
+class RepositoryIndexResponse(list):
+    """The repository index: a list of ``RepositoryIndexResponseItem`` (``root`` is the list)."""
+
+    @property
+    def root(self) -> List[RepositoryIndexResponseItem]:
+        return list(self)
+
+
+@dataclass(eq=False)
+class RepositoryLoadErrorResponse(_Message):
+    """A model load error body."""
+
+    error: Optional[str] = None
+
+
+@dataclass(eq=False)
+class RepositoryUnloadErrorResponse(_Message):
+    """A model unload error body."""
+
+    error: Optional[str] = None
