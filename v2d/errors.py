@@ -150,8 +150,6 @@ class ModelNotFound(MLServerError, NotFound):
         self.name = name
         self.version = version
 
-    def __reduce__(self):
-        return (type(self), (self.name, self.version))
 
 
 class Unavailable(V2DError):

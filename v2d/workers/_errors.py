@@ -63,18 +63,27 @@ def describe(exc: BaseException) -> Dict[str, Any]:
     return {"type": type(exc).__name__, "message": message}
 
 
+def _same_message(cls: type, message: str, status_code: Any) -> Exception:
+    """An instance of v2d's error class ``cls`` with ``message`` as it was (constructors
+    such as ``ModelNotFound(name)`` build their message; this one is already built)."""
+    exc = cls.__new__(cls)
+    if issubclass(cls, errors.MLServerError):
+        usual = errors.HTTP_STATUS_OF_KIND.get(getattr(cls, "kind", "INTERNAL"), 500)
+        errors.MLServerError.__init__(exc, message, status_code if isinstance(status_code, int) else usual)
+    else:
+        errors.V2DError.__init__(exc, message)
+    return exc
+
+
 def rebuild(description: Dict[str, Any]) -> Exception:
     """The exception a description stands for, on this side of the wire."""
     message = str(description.get("message", ""))
     if "kind" in description:
         name = description.get("v2d")
         cls = getattr(errors, name, None) if name else None
-        if isinstance(cls, type) and issubclass(cls, errors.V2DError):
-            try:
-                return cls(message)
-            except TypeError:
-                pass
         status_code = description.get("status_code")
+        if isinstance(cls, type) and issubclass(cls, errors.V2DError):
+            return _same_message(cls, message, status_code)
         usual = errors.HTTP_STATUS_OF_KIND.get(description["kind"])
         if isinstance(status_code, int) and status_code != usual:
             return errors.MLServerError(message, status_code)
