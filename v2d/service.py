@@ -56,7 +56,7 @@ class V2DService(Service):
         self.metrics = Metrics(inflight=lambda: self.dataplane.inflight)
         self.local_factory = LocalModelFactory(metrics=self.metrics)
         self.worker_pool: Optional[Any] = None
-        self.custom_routes = CustomRoutes(reserved=self._reserved)
+        self.custom_routes = CustomRoutes(reserved=self._reserved, draining=lambda: self.dataplane.draining)
         self.registry = ModelRegistry(
             factory_for=self.factory_for,
             wrap=batching_wrapper(reactor),

@@ -246,7 +246,8 @@ def served(tmp_path):
     write_model(tmp_path, "handlers", "models.Handlers", RUNTIME)
     repository = ModelRepository(str(tmp_path), environ={})
     routes = CustomRoutes(
-        reserved=lambda method, path: path == "/metrics" or klein_serves(RestAPI.app, method, path)
+        reserved=lambda method, path: path == "/metrics" or klein_serves(RestAPI.app, method, path),
+        draining=lambda: dataplane.draining,
     )
     factory = LocalModelFactory(metrics=Metrics())
     registry = ModelRegistry(
@@ -305,6 +306,12 @@ def test_errors_of_the_handler(served):
     assert call(stub, "POST", "/fail", "teapot") == (418, {"error": "short and stout"})
     assert call(stub, "POST", "/fail", "other") == (500, {"error": "ValueError: it broke"})
     assert call(stub, "POST", "/fail?how=teapot") == (418, {"error": "short and stout"})
+
+
+def test_calls_are_refused_while_the_server_drains(served):
+    stub, dataplane = served[:2]
+    dataplane.draining = True
+    assert call(stub, "POST", "/sum", [1]) == (503, {"error": "server is shutting down"})
 
 
 def test_the_wrong_method_is_not_served(served):

@@ -29,7 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
-from v2d.errors import FailedPrecondition, InvalidArgument, ModelNotReady, V2DError
+from v2d.errors import FailedPrecondition, InvalidArgument, ModelNotReady, Unavailable, V2DError
 from v2d.interfaces import ICustomHandlers
 from v2d.rest._api import STATUS_OF_KIND, request_body
 from v2d.rest._json import error_body
@@ -119,9 +119,10 @@ class _RouteResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, route: Route) -> None:
+    def __init__(self, route: Route, draining: Callable[[], bool]) -> None:
         super().__init__()
         self.route = route
+        self.draining = draining
 
     def render(self, request: Any) -> Any:
         d = maybeDeferred(self._call, request)
@@ -131,7 +132,9 @@ class _RouteResource(Resource):
 
     def _call(self, request: Any) -> Any:
         route = self.route
-        name, version = route.owner
+        name = route.owner[0]
+        if self.draining():
+            raise Unavailable("server is shutting down")
         if not getattr(route.model, "ready", False):
             raise ModelNotReady(f"model '{name}' is not ready")
         raw = request_body(request)
@@ -180,13 +183,19 @@ class _RouteResource(Resource):
 class CustomRoutes:
     """
     The custom handlers of the models that serve, by (HTTP method, path).
-    ``reserved(method, path)`` says whether v2d serves that itself.
+    ``reserved(method, path)`` says whether v2d serves that itself; while
+    ``draining()`` is true, calls are refused (503) as inference requests are.
     """
 
     log = Logger()
 
-    def __init__(self, reserved: Callable[[str, str], bool] = lambda method, path: False) -> None:
+    def __init__(
+        self,
+        reserved: Callable[[str, str], bool] = lambda method, path: False,
+        draining: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.reserved = reserved
+        self.draining = draining
         self._resources: Dict[Tuple[bytes, bytes], _RouteResource] = {}
 
     def get(self, key: Tuple[bytes, bytes]) -> Optional[Resource]:
@@ -216,7 +225,7 @@ class CustomRoutes:
             planned[key] = Route(owner, model, method, path, handler.attribute)
         self.unmount(name, version, quiet=True)
         for key, route in planned.items():
-            self._resources[key] = _RouteResource(route)
+            self._resources[key] = _RouteResource(route, self.draining)
             self.log.info(
                 "model {model}: custom handler {attribute}() serves {method} {path}",
                 model=name,
