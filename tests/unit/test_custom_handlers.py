@@ -109,6 +109,9 @@ class _Signatures:
     def several(self, a: int, b: str = "b", c: Optional[float] = None) -> Any:
         return a, b, c
 
+    def union(self, a: int | None, b: "float | None" = None) -> Any:
+        return a, b
+
     def query(self, n: int, flag: bool = False, tags: List[str] = []) -> Any:  # noqa: B006
         return n, flag, tags
 
@@ -136,6 +139,13 @@ def test_one_parameter_takes_the_whole_body():
 def test_several_parameters_take_the_body_members_by_name_then_the_query_then_defaults():
     assert _bind("several", {"a": 1, "c": 2}) == (1, "b", 2)
     assert _bind("several", None, {"a": ["7"], "b": ["x"]}) == (7, "x", None)
+
+
+def test_optional_arguments_take_null_and_convert_as_their_type():
+    assert _bind("union", {"a": None, "b": 2}) == (None, 2)
+    assert _bind("union", None, {"a": ["4"], "b": ["0.5"]}) == (4, 0.5)
+    with pytest.raises(InvalidArgument, match="argument 'a' must be an integer, got str"):
+        _bind("union", {"a": "4"})
 
 
 def test_query_strings_are_converted_by_annotation():

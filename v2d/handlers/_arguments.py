@@ -22,6 +22,7 @@ Imported by worker children (Python 3.9 and up): standard library only.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -35,6 +36,8 @@ _FALSE = {"false", "0", "no", "off"}
 _JSON_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list",
                dict: "an object"}
 _NAMED_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+#: ``typing.Union`` and, from Python 3.10, the ``X | Y`` union.
+_UNIONS = tuple(u for u in (typing.Union, getattr(types, "UnionType", None)) if u is not None)
 
 
 def _fastapi_marker(default: Any) -> Optional[str]:
@@ -74,7 +77,7 @@ def _annotations(fn: Callable[..., Any]) -> Dict[str, Any]:
 def _plain(annotation: Any) -> Tuple[Any, Any]:
     """(outer type, item type) of an annotation: Optional unwrapped, List[X] as (list, X)."""
     origin = typing.get_origin(annotation)
-    if origin is typing.Union:
+    if origin in _UNIONS:
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(options) == 1:
             return _plain(options[0])
@@ -113,7 +116,7 @@ def _from_query(name: str, values: List[str], annotation: Any) -> Any:
 
 def _check_json(name: str, value: Any, annotation: Any) -> Any:
     outer, _ = _plain(annotation)
-    if outer not in _JSON_NAMES or (value is None and typing.get_origin(annotation) is typing.Union):
+    if outer not in _JSON_NAMES or (value is None and typing.get_origin(annotation) in _UNIONS):
         return value
     ok = isinstance(value, outer) and not (outer in (int, float) and isinstance(value, bool))
     if outer is float and isinstance(value, int) and not isinstance(value, bool):
