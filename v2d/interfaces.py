@@ -11,6 +11,7 @@ from __future__ import annotations
 from zope.interface import Attribute, Interface
 
 __all__ = [
+    "ICustomHandlers",
     "IEncodedInference",
     "IModel",
     "IModelFactory",
@@ -60,6 +61,24 @@ class IEncodedInference(Interface):
         Serve one request given as ``data`` (bytes in encoding ``wire``) with transport
         ``headers``; a Deferred firing with (response bytes, response headers or None).
         Its response is the one ``predict`` would give, completed and encoded.
+        """
+
+
+class ICustomHandlers(Interface):
+    """
+    A model whose runtime serves REST endpoints of its own (``@custom_handler``
+    methods). Optional: a model without it has none.
+    """
+
+    custom_handlers = Attribute(
+        "The runtime's handlers, a list of v2d.handlers.custom.HandlerRoute (empty until loaded)."
+    )
+
+    def call_custom(attribute, has_body, body, query):  # type: ignore[misc]
+        """
+        Call the runtime's handler method ``attribute`` with a request's parsed JSON
+        ``body`` (``has_body`` False when there was none) and ``query`` (name -> list of
+        str); a Deferred firing with the method's result.
         """
 
 

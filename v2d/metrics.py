@@ -4,7 +4,9 @@ Prometheus metrics: per-model request counts and latencies, requests in flight.
 The dataplane reports each finished request to an observer; this module is that
 observer and serves the text exposition format at ``GET /metrics`` on the REST
 endpoints. Each service has its own ``CollectorRegistry`` (no process-global state).
-Names follow MLServer's where the idea is the same.
+Names follow MLServer's where the idea is the same. Runtimes' own metrics
+(``register``/``log``, v2d.custom_metrics) are recorded here too, as histograms
+labelled by model name and version.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 
-__all__ = ["Metrics", "MetricsResource"]
+from v2d.custom_metrics import LABELS, log, register
+
+__all__ = ["Metrics", "MetricsResource", "log", "register"]
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -48,6 +52,7 @@ class Metrics:
         if inflight is not None:
             self.in_flight.set_function(inflight)
         self._children: dict = {}
+        self._custom: dict = {}
 
     def observe(self, name: str, version: Optional[str], seconds: float, error_kind: Optional[str]) -> None:
         """Record one finished request (the dataplane's observer)."""
@@ -64,6 +69,21 @@ class Metrics:
         else:
             self.failure.labels(name, version or "", error_kind).inc()
         children[1].observe(seconds)
+
+    def define_custom(self, name: str, description: str) -> Histogram:
+        """A runtime's histogram ``name`` (created on first use; a custom-metrics sink)."""
+        metric = self._custom.get(name)
+        if metric is None:
+            try:
+                metric = Histogram(name, description, list(LABELS), registry=self.registry)
+            except ValueError as e:  # the name is taken (a server metric or a series of one)
+                raise ValueError(f"custom metric {name!r} cannot be registered: {e}") from None
+            metric = self._custom[name] = metric
+        return metric
+
+    def observe_custom(self, name: str, description: str, model: str, version: str, value: float) -> None:
+        """Observe one value of a runtime's metric for a model (a custom-metrics sink)."""
+        self.define_custom(name, description).labels(model, version).observe(value)
 
     def exposition(self) -> bytes:
         """The text exposition format."""

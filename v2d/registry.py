@@ -61,10 +61,16 @@ class ModelRegistry:
     """
     ``factory_for(settings)`` gives the IModelFactory for a model (in-process or a
     worker pool); ``wrap(model)`` may wrap a loaded model (e.g. adaptive batching).
+    ``on_ready(name, version, model)`` is told of a loaded model (the factory's, not
+    wrapped) just before it serves, and may refuse it by raising (the load fails);
+    ``on_unload(name, version)`` when a model version stops serving. Version is ``""``
+    for an unversioned model.
     """
 
     factory_for: Callable[[ModelSettings], IModelFactory]
     wrap: Callable[[Any], Any] = attrs.field(default=lambda model: model)
+    on_ready: Optional[Callable[[str, str, Any], None]] = None
+    on_unload: Optional[Callable[[str, str], None]] = None
     _slots: Dict[str, Dict[str, _Slot]] = attrs.field(factory=dict)
     _default: Dict[str, Any] = attrs.field(factory=dict)
     _locks: Dict[str, DeferredLock] = attrs.field(factory=dict)
@@ -173,6 +179,8 @@ class ModelRegistry:
         def loaded(ok: Any) -> Any:
             if ok is False:
                 raise RuntimeError("load() returned False")
+            if self.on_ready is not None:
+                self.on_ready(settings.name, slot.version, created[0])
             model = self.wrap(created[0])
             slot.model, slot.state, slot.reason, slot.failed = model, READY, "", False
             self._refresh_default(settings.name)
@@ -195,7 +203,7 @@ class ModelRegistry:
             self._refresh_default(settings.name)
             return Failure(FailedPrecondition(f"failed to load model '{settings.name}': {reason}"))
 
-        return succeed(None).addCallback(build).addCallback(load).addCallbacks(loaded, failed)
+        return succeed(None).addCallback(build).addCallback(load).addCallback(loaded).addErrback(failed)
 
     def _unload_quietly(self, model: Any) -> None:
         def report(failure: Failure) -> None:
@@ -216,6 +224,8 @@ class ModelRegistry:
         pending = []
         for slot in versions.values():
             model = slot.model
+            if model is not None and self.on_unload is not None:
+                self.on_unload(name, slot.version)
             slot.model, slot.state, slot.reason, slot.failed = None, UNLOADING, "", False
             if model is not None:
                 pending.append((slot, model))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
@@ -26,6 +26,7 @@ from v2d.metrics import Metrics, MetricsResource
 from v2d.registry import ModelRegistry
 from v2d.repository import ModelRepository
 from v2d.rest import RestAPI, make_site
+from v2d.rest._custom import CustomRoutes, klein_serves
 from v2d.rest._router import RootResource
 from v2d.settings import ModelSettings, Settings
 from v2d.wrappers import LocalModelFactory
@@ -52,9 +53,16 @@ class V2DService(Service):
         self.settings = settings
         self.reactor = reactor
         self.repository = ModelRepository(settings.models, dict(os.environ if environ is None else environ))
-        self.local_factory = LocalModelFactory()
+        self.metrics = Metrics(inflight=lambda: self.dataplane.inflight)
+        self.local_factory = LocalModelFactory(metrics=self.metrics)
         self.worker_pool: Optional[Any] = None
-        self.registry = ModelRegistry(factory_for=self.factory_for, wrap=batching_wrapper(reactor))
+        self.custom_routes = CustomRoutes(reserved=self._reserved, draining=lambda: self.dataplane.draining)
+        self.registry = ModelRegistry(
+            factory_for=self.factory_for,
+            wrap=batching_wrapper(reactor),
+            on_ready=self.custom_routes.mount,
+            on_unload=self.custom_routes.unmount,
+        )
         self.dataplane = DataPlane(
             registry=self.registry,
             repository=self.repository,
@@ -62,14 +70,18 @@ class V2DService(Service):
             extensions=self.extensions(),
             strict_readiness=settings.strict_readiness,
         )
-        self.metrics = Metrics(inflight=lambda: self.dataplane.inflight)
         self.dataplane.observer = self.metrics.observe
         self.rest = RestAPI(self.dataplane)
-        root = RootResource(self.rest, self.rest.app.resource(), {b"/metrics": MetricsResource(self.metrics)})
+        self.fixed_paths: Dict[bytes, Any] = {b"/metrics": MetricsResource(self.metrics)}
+        root = RootResource(self.rest, self.rest.app.resource(), self.fixed_paths, routes=self.custom_routes)
         self.site = make_site(root, settings.max_body_size, settings.access_log)
         self.ports: List[Any] = []
         self.grpc_server: Optional[Any] = None
         self._loaded: Optional[Deferred] = None
+
+    def _reserved(self, method: str, path: str) -> bool:
+        """Whether v2d serves (method, path) itself (no custom handler may take it)."""
+        return path.encode("utf-8") in self.fixed_paths or klein_serves(self.rest.app, method, path)
 
     def extensions(self) -> List[str]:
         """The protocol extensions this server offers."""
@@ -88,7 +100,7 @@ class V2DService(Service):
         if self.worker_pool is None:
             from v2d.workers import WorkerPool
 
-            self.worker_pool = WorkerPool(reactor=self.reactor, settings=self.settings)
+            self.worker_pool = WorkerPool(reactor=self.reactor, settings=self.settings, metrics=self.metrics)
         return self.worker_pool
 
     # -- lifecycle ------------------------------------------------------------------

@@ -9,15 +9,19 @@ namespace (v2d.importer) and builds it.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import inspect
+from typing import Any, Dict, List, Optional
 
 import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from v2d.aio import call
+from v2d.custom_metrics import ModelContext, model_context
+from v2d.handlers._arguments import call_handler
+from v2d.handlers.custom import HandlerRoute, handler_routes
 from v2d.importer import ModelNamespace, load_implementation
-from v2d.interfaces import IModel, IModelFactory
+from v2d.interfaces import ICustomHandlers, IModel, IModelFactory
 from v2d.settings import ModelSettings
 from v2d.types import InferenceRequest, MetadataModelResponse
 
@@ -43,13 +47,30 @@ def build_runtime(settings: ModelSettings) -> tuple:
     return runtime, namespace
 
 
-@implementer(IModel)
+@implementer(IModel, ICustomHandlers)
 @attrs.define(eq=False)
 class LocalModel:
-    """A runtime served in this process."""
+    """
+    A runtime served in this process. Its code runs as the current model of
+    v2d.custom_metrics, whose ``log`` records into ``metrics`` (a sink).
+    """
 
     runtime: Any
     namespace: Optional[ModelNamespace] = None
+    metrics: Any = None
+    _context: Optional[ModelContext] = None
+
+    @property
+    def context(self) -> ModelContext:
+        """This model as v2d.custom_metrics' current model."""
+        if self._context is None:
+            self._context = ModelContext(self.runtime.name, self.runtime.version or "", self.metrics)
+        return self._context
+
+    def _call(self, fn: Any, *args: Any) -> Deferred:
+        """Call a runtime method as the current model (tasks it starts keep that)."""
+        with model_context(self.context):
+            return call(fn, *args)
 
     @property
     def name(self) -> str:
@@ -81,7 +102,7 @@ class LocalModel:
             self.runtime.ready = ready
             return ready
 
-        return call(self.runtime.load).addCallback(loaded)
+        return self._call(self.runtime.load).addCallback(loaded)
 
     def unload(self) -> Deferred:
         self.runtime.ready = False
@@ -92,13 +113,40 @@ class LocalModel:
                 self.namespace = None
             return result
 
-        return call(self.runtime.unload).addBoth(forget)
+        return self._call(self.runtime.unload).addBoth(forget)
 
     def predict(self, payload: InferenceRequest) -> Deferred:
-        return call(self.runtime.predict, payload)
+        return self._call(self.runtime.predict, payload)
 
     def predict_stream(self, payloads: Any) -> Any:
-        return self.runtime.predict_stream(payloads)
+        return self._stream(payloads)
+
+    async def _stream(self, payloads: Any) -> Any:
+        """The runtime's stream, each step run as the current model."""
+        context = self.context
+        with model_context(context):
+            responses = self.runtime.predict_stream(payloads)
+            if inspect.isawaitable(responses):
+                responses = await responses
+        try:
+            while True:
+                with model_context(context):
+                    try:
+                        response = await responses.__anext__()
+                    except StopAsyncIteration:
+                        return
+                yield response
+        finally:
+            aclose = getattr(responses, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    @property
+    def custom_handlers(self) -> List[HandlerRoute]:
+        return handler_routes(self.runtime)
+
+    def call_custom(self, attribute: str, has_body: bool, body: Any, query: Dict[str, List[str]]) -> Deferred:
+        return self._call(call_handler, self.runtime, attribute, has_body, body, query)
 
     def metadata(self) -> MetadataModelResponse:
         return self.runtime.metadata()
@@ -107,7 +155,13 @@ class LocalModel:
 @implementer(IModelFactory)
 @attrs.define
 class LocalModelFactory:
-    """Builds models that run in this process."""
+    """Builds models that run in this process; ``metrics`` records their custom metrics."""
+
+    metrics: Any = None
 
     def create(self, settings: ModelSettings) -> Deferred:
-        return call(lambda: LocalModel(*build_runtime(settings)))
+        def build() -> LocalModel:
+            runtime, namespace = build_runtime(settings)
+            return LocalModel(runtime, namespace, metrics=self.metrics)
+
+        return call(build)

@@ -2,7 +2,8 @@
 Handlers a runtime adds to the server (MLServer's ``mlserver.handlers`` path).
 
 ``custom_handler`` marks a runtime method as a REST endpoint of its own; the server
-mounts it when the model loads (docs/mlserver.md says how arguments are passed).
+mounts it while the model is loaded (docs/custom-handlers.md says how arguments are
+passed).
 
 Imported by worker children: standard library only.
 """

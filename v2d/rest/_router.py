@@ -1,6 +1,7 @@
 """
 The REST root resource: inference requests go straight to their handler, a few fixed
-paths (``/metrics``) to their own resources; every other path goes through Klein.
+paths (``/metrics``) and the runtimes' custom handlers (``routes``, by method and path)
+to their own resources; every other path goes through Klein.
 
 Klein (werkzeug) routing costs a noticeable share of a small request's time, so the
 one hot route, ``POST /v2/models/{m}[/versions/{v}]/infer``, is matched here with one
@@ -34,11 +35,19 @@ class RootResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, api: Any, fallback: IResource, extra: Optional[Dict[bytes, IResource]] = None) -> None:
+    def __init__(
+        self,
+        api: Any,
+        fallback: IResource,
+        extra: Optional[Dict[bytes, IResource]] = None,
+        routes: Optional[Any] = None,
+    ) -> None:
         super().__init__()
         self.api = api
         self.fallback = fallback
         self.extra = dict(extra or {})
+        #: A mapping-like ``get((method, path))`` of dynamic routes (v2d.rest._custom).
+        self.routes = routes
 
     def render(self, request: Any) -> Any:
         if request.method == b"POST":
@@ -57,6 +66,10 @@ class RootResource(Resource):
         resource = self.extra.get(request.path)
         if resource is not None:
             return resource.render(request)
+        if self.routes:
+            resource = self.routes.get((request.method, request.path))
+            if resource is not None:
+                return resource.render(request)
         return self.fallback.render(request)
 
     @staticmethod

@@ -12,8 +12,14 @@ wire has fds of its own.
 
 Messages are tuples ``(op, request_id, body)``. From the server: ``load`` (model
 settings), ``predict`` (a request), ``stream_open`` / ``stream_item`` /
-``stream_close`` / ``stream_cancel``, ``unload``. To the server: ``loaded``,
-``result``, ``stream_item``, ``stream_end``, ``error``, ``unloaded``.
+``stream_close`` / ``stream_cancel``, ``custom`` (a custom handler's attribute, whether
+there is a body, the parsed JSON body, the query: name -> list of str), ``unload``. To
+the server: ``loaded`` (with the runtime's custom handlers), ``result``,
+``stream_item``, ``stream_end``, ``error``, ``unloaded``, and ``metrics`` (request id 0:
+the custom metrics logged since the last one, sent ahead of the replies they came with).
+
+The runtime's code runs as v2d.custom_metrics' current model, so ``log`` works in it
+as in the server.
 
 The child ends when its input closes (the server stopped it, or died): it does not
 outlive the server.
@@ -37,6 +43,9 @@ import traceback
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
 from v2d._version import __version__
+from v2d.custom_metrics import ModelContext, model_context
+from v2d.handlers._arguments import call_handler
+from v2d.handlers.custom import handler_routes
 from v2d.workers import _errors, _handshake, _wire
 
 __all__ = ["main"]
@@ -63,6 +72,38 @@ def _streams(runtime: Any) -> bool:
     return method is not None and method is not MLModel.predict_stream
 
 
+class ChildMetrics:
+    """
+    The sink of the custom metrics logged in this child: kept until the next flush,
+    which sends them to the server in one ``metrics`` message.
+    """
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+        self.defined: set = set()
+        self.definitions: List[tuple] = []
+        self.observations: List[tuple] = []
+
+    def define_custom(self, name: str, description: str) -> None:
+        if name not in self.defined:
+            self.defined.add(name)
+            self.definitions.append((name, description))
+            self.wake()
+
+    def observe_custom(self, name: str, description: str, model: str, version: str, value: float) -> None:
+        self.define_custom(name, description)
+        self.observations.append((name, value))
+        self.wake()
+
+    def take(self) -> Optional[tuple]:
+        """(definitions, observations) not sent yet, or None."""
+        if not (self.definitions or self.observations):
+            return None
+        batch = (self.definitions, self.observations)
+        self.definitions, self.observations = [], []
+        return batch
+
+
 class ChildServer:
     """Serves the messages of one server connection."""
 
@@ -81,6 +122,10 @@ class ChildServer:
         self.namespace: Any = None
         self.tasks: Dict[int, asyncio.Task] = {}
         self.queues: Dict[int, asyncio.Queue] = {}
+        self.metrics = ChildMetrics(self._wake)
+        #: The model as v2d.custom_metrics' current model (set by ``load``).
+        self.context: Optional[ModelContext] = None
+        self._thread = threading.get_ident()
 
     # -- output ---------------------------------------------------------------
 
@@ -94,14 +139,27 @@ class ChildServer:
             reason = f"cannot send the {op} of request {rid} to the server: {type(exc).__name__}: {exc}"
             chunks = _wire.encode_message(("error", rid, _errors.describe(TypeError(reason))), self.shm)
         self._out.extend(chunks)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
+
+    def _wake(self) -> None:
+        """Custom metrics are waiting: flush soon (from any thread)."""
+        if threading.get_ident() == self._thread:
+            self._schedule_flush()
+        else:
+            self.loop.call_soon_threadsafe(self._schedule_flush)
 
     def flush(self) -> None:
         """Write every queued reply (blocking: the server always reads)."""
         self._flush_scheduled = False
         chunks, self._out = self._out, []
+        metrics = self.metrics.take()
+        if metrics is not None:  # ahead of the replies, so a caller sees them counted
+            chunks = _wire.encode_message(("metrics", 0, metrics)) + chunks
         if self.shm is not None and self.shm.released:
             # the server's segments this side is done with go back, to be reused
             chunks += _wire.encode_message(("release", 0, self.shm.take_released()))
@@ -124,10 +182,18 @@ class ChildServer:
 
     def handle(self, message: Any) -> None:
         op, rid, body = message
+        if op == "load":
+            self.context = ModelContext(body.name, body.version or "", self.metrics)
+        with model_context(self.context):  # tasks started here keep it
+            self._dispatch(op, rid, body)
+
+    def _dispatch(self, op: str, rid: int, body: Any) -> None:
         if op == "predict":
             self._predict_now(rid, body)
         elif op == "infer_encoded":
             self._infer_encoded(rid, *body)
+        elif op == "custom":
+            self._custom(rid, *body)
         elif op == "stream_open":
             self.queues[rid] = asyncio.Queue()
             self._spawn(rid, self._stream(rid))
@@ -183,6 +249,7 @@ class ChildServer:
                 "metadata": runtime.metadata(),
                 "streaming": _streams(runtime),
                 "wires": sorted(_encodings()),
+                "handlers": handler_routes(runtime),
             }
             self.send("loaded", rid, info)
         except Exception as exc:
@@ -202,6 +269,20 @@ class ChildServer:
                 self.namespace.forget()
             self.runtime = self.namespace = None
             gc.collect()
+
+    def _custom(self, rid: int, attribute: str, has_body: bool, body: Any, query: Dict[str, Any]) -> None:
+        """Call a custom handler of the runtime; a plain result is answered at once."""
+        try:
+            if self.runtime is None:
+                raise _v2d_unavailable()("the worker has no model loaded")
+            result = call_handler(self.runtime, attribute, has_body, body, query)
+        except Exception as exc:
+            self.fail(rid, exc)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(rid, self._predict(rid, result))
+        else:
+            self._answer(rid, result, None)
 
     def _infer_encoded(self, rid: int, wire: str, data: Any, headers: Any) -> None:
         """A request still in its wire encoding: decoded, served, completed and encoded here."""
@@ -390,7 +471,8 @@ def main(in_fd: int, out_fd: int) -> None:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         if server.runtime is not None:
             try:
-                loop.run_until_complete(_resolve(server.runtime.unload()))
+                with model_context(server.context):
+                    loop.run_until_complete(_resolve(server.runtime.unload()))
             except Exception:
                 traceback.print_exc()
     finally:

@@ -6,7 +6,8 @@ imports, so a child sends a description (``describe``) and the server rebuilds a
 exception (``rebuild``) that behaves the same for the dataplane: v2d's own errors
 come back as themselves (same kind, same message); ``NotImplementedError`` as itself;
 anything else as a ``WorkerError`` subclass carrying the original type's name, so a
-report reads ``ValueError: bad input`` as it would in-process.
+report reads ``ValueError: bad input`` as it would in-process. An exception's
+``status_code`` (an HTTP status, as MLServer's errors carry) crosses too.
 
 Imported by worker children (Python 3.9 and up): standard library and v2d.errors.
 """
@@ -49,6 +50,14 @@ def _remote_class(name: str) -> type:
 
 def describe(exc: BaseException) -> Dict[str, Any]:
     """A plain description of an exception (picklable whatever the exception is)."""
+    description = _describe(exc)
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool):
+        description["status_code"] = status
+    return description
+
+
+def _describe(exc: BaseException) -> Dict[str, Any]:
     message = str(exc)
     if isinstance(exc, errors.V2DError):
         own = type(exc).__module__ == errors.__name__
@@ -77,6 +86,17 @@ def _same_message(cls: type, message: str, status_code: Any) -> Exception:
 
 def rebuild(description: Dict[str, Any]) -> Exception:
     """The exception a description stands for, on this side of the wire."""
+    exc = _rebuild(description)
+    status = description.get("status_code")
+    if isinstance(status, int) and getattr(exc, "status_code", None) != status:
+        try:
+            exc.status_code = status  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+    return exc
+
+
+def _rebuild(description: Dict[str, Any]) -> Exception:
     message = str(description.get("message", ""))
     if "kind" in description:
         name = description.get("v2d")

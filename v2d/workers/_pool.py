@@ -14,6 +14,10 @@ once a worker has lived long enough), loading its model again. When its model is
 unloaded the worker unloads it and exits, so everything the model took is freed.
 ``WorkerPool.stop`` closes every child's input, sends TERM after a while, KILL after
 another, and fires once all have exited.
+
+A model's custom handlers (``@custom_handler``) are listed by its worker after load and
+called through it (``custom``); the custom metrics its runtime logs come back in
+batches (``metrics``) and are recorded in the server's ``metrics``.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from zope.interface import implementer
 
 from v2d._version import __version__
 from v2d.aio import as_future, ensure_future
+from v2d.custom_metrics import DEFAULT_DESCRIPTION
 from v2d.env import Environment, resolve_environment
 from v2d.errors import FailedPrecondition, Unavailable
-from v2d.interfaces import IEncodedInference, IModel, IModelFactory, IWorkerPool
+from v2d.interfaces import ICustomHandlers, IEncodedInference, IModel, IModelFactory, IWorkerPool
 from v2d.settings import ModelSettings, Settings
 from v2d.types import InferenceRequest, MetadataModelResponse
 from v2d.workers import _bootstrap, _errors, _handshake, _wire
@@ -311,6 +316,9 @@ class Worker:
             if self.shm is not None:
                 self.shm.release(body)
             return
+        if op == "metrics":
+            self.pool.record_metrics(self.model, body)
+            return
         if op in ("stream_item", "stream_end") or (op == "error" and rid in self._streams):
             queue = self._streams.get(rid)
             if queue is None:
@@ -472,7 +480,7 @@ class Worker:
         self.kill()
 
 
-@implementer(IModel, IEncodedInference)
+@implementer(IModel, IEncodedInference, ICustomHandlers)
 class WorkerModel:
     """A model served by worker processes; to the dataplane it looks like any other."""
 
@@ -491,6 +499,8 @@ class WorkerModel:
         #: Encodings the workers decode and encode themselves (IEncodedInference).
         self.wires: frozenset = frozenset()
         self.unloading = False
+        #: The runtime's custom handlers, as its first worker listed them (ICustomHandlers).
+        self.custom_handlers: List[Any] = []
         self._metadata: Optional[MetadataModelResponse] = None
         self._turn = itertools.count()
 
@@ -506,6 +516,7 @@ class WorkerModel:
         self._metadata = info.get("metadata") or self._metadata
         self.streaming = bool(info.get("streaming"))
         self.wires = frozenset(info.get("wires") or ())
+        self.custom_handlers = list(info.get("handlers") or ())
 
     def load(self) -> Deferred:
         def loaded(infos: List[Dict[str, Any]]) -> bool:
@@ -555,6 +566,10 @@ class WorkerModel:
     def infer_encoded(self, wire: str, data: bytes, headers: Any) -> Deferred:
         """A request in encoding ``wire``, decoded, served and encoded by a worker."""
         return self._call("infer_encoded", (wire, data, headers))
+
+    def call_custom(self, attribute: str, has_body: bool, body: Any, query: Dict[str, List[str]]) -> Deferred:
+        """Call a custom handler of the runtime in the least busy worker."""
+        return self._call("custom", (attribute, has_body, body, query))
 
     def _call(self, op: str, body: Any) -> Deferred:
         """Send one request to the least busy ready worker; fails if none is ready."""
@@ -654,6 +669,8 @@ class WorkerPool:
     term_after: float = 5.0
     kill_after: float = 5.0
     environ: Optional[Dict[str, str]] = None
+    #: Where the custom metrics of the children's runtimes are recorded (v2d.metrics.Metrics).
+    metrics: Optional[Any] = None
     stopping: bool = False
     code_zip: str = ""
     identity: Dict[str, Any] = attrs.field(factory=lambda: _handshake.describe(WIRE_VERSION, __version__))
@@ -661,6 +678,7 @@ class WorkerPool:
     _restarting: Dict[int, Worker] = attrs.field(factory=dict)
     _serial: Any = attrs.field(factory=lambda: itertools.count(1))
     _swept: bool = False
+    _metric_errors: set = attrs.field(factory=set)
     log = Logger()
 
     def __attrs_post_init__(self) -> None:
@@ -701,6 +719,32 @@ class WorkerPool:
                 self.log.info("removed {n} shared-memory file(s) left by a server that was killed", n=removed)
         prefix = f"v2d-{os.getpid()}-{next(self._serial)}"
         return _wire.SharedMemory.default(prefix + "-p", self.shm_threshold, self.shm_keep)
+
+    def record_metrics(self, model: "WorkerModel", batch: Any) -> None:
+        """
+        Record a batch of a child's custom metrics for its model: ``(definitions,
+        observations)``, lists of (name, description) and (name, value).
+        """
+        if self.metrics is None:
+            return
+        definitions, observations = batch
+        described = dict(definitions)
+        version = model.version or ""
+        for name, description in definitions:
+            self._record(model, self.metrics.define_custom, name, description)
+        for name, value in observations:
+            description = described.get(name, DEFAULT_DESCRIPTION)
+            self._record(model, self.metrics.observe_custom, name, description, model.name, version, value)
+
+    def _record(self, model: "WorkerModel", fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # e.g. a name a server metric has: said once
+            if str(e) not in self._metric_errors:
+                self._metric_errors.add(str(e))
+                self.log.error(
+                    "model {model}: custom metric dropped: {reason}", model=model.name, reason=str(e)
+                )
 
     def register(self, worker: Worker) -> None:
         self._live[id(worker)] = worker
