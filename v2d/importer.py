@@ -40,6 +40,10 @@ __all__ = ["ModelNamespace", "ImplementationError", "load_implementation"]
 PREFIX = "_v2d_models"
 #: The package whose imports map to v2d's own modules when it is not installed.
 MLSERVER = "mlserver"
+#: MLServer modules whose v2d counterpart has another path: ``v2d.metrics`` is the
+#: server's Prometheus side; a runtime's ``register``/``log`` are ``v2d.custom_metrics``
+#: (importable in worker environments that have only numpy).
+_MLSERVER_MODULES = {"mlserver.metrics": "v2d.custom_metrics"}
 _counter = itertools.count(1)
 _mlserver_installed: Optional[bool] = None
 _namespaces: Dict[str, "ModelNamespace"] = {}
@@ -101,7 +105,7 @@ class ModelNamespace:
                     return module
                 return sys.modules[f"{self.package}.{top}"]
             if top == MLSERVER and not mlserver_installed():
-                target = "v2d" + (f".{rest}" if rest else "")
+                target = _MLSERVER_MODULES.get(name) or "v2d" + (f".{rest}" if rest else "")
                 return _real_import(target, globals, locals, fromlist, 0)
         return _real_import(name, globals, locals, fromlist, level)
 

@@ -329,7 +329,9 @@ def test_model_folder_imports_of_mlserver_map_to_v2d(tmp_path):
         import mlserver.codecs
         from mlserver import MLModel
         from mlserver.codecs.numpy import NumpyCodec
+        from mlserver.metrics import register, log
         CODECS = mlserver.codecs
+        REGISTER = register
         class R(MLModel):
             pass
     """))
@@ -338,7 +340,11 @@ def test_model_folder_imports_of_mlserver_map_to_v2d(tmp_path):
         from v2d import MLModel
 
         assert issubclass(cls, MLModel)
-        assert importlib.import_module(cls.__module__).CODECS is codecs
+        module = importlib.import_module(cls.__module__)
+        assert module.CODECS is codecs
+        from v2d import custom_metrics
+
+        assert module.REGISTER is custom_metrics.register, "the child-safe module, not the server's"
     finally:
         namespace.forget()
 
