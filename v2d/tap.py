@@ -93,34 +93,19 @@ def _set_wakeup_fd(fd: int) -> None:
     process.reapAllProcesses()  # children that exited while uvloop held the wakeup fd
 
 
-def _count(option: str) -> Any:
-    """A coercer for ``--option``: a whole number, 0 or more (the error names the option)."""
+def _non_negative(option: str, kind: Any = int, what: str = "a whole number") -> Any:
+    """A coercer for ``--option``: ``kind`` (int or float), 0 or more; the error names the option."""
 
-    def coerce(value: str) -> int:
+    def coerce(value: str) -> Any:
         try:
-            number = int(value)
+            number = kind(value)
         except ValueError:
             number = -1
-        if number < 0:
-            raise ValueError(f"--{option} must be a whole number, 0 or more, got {value!r}")
+        if not number >= 0:
+            raise ValueError(f"--{option} must be {what}, 0 or more, got {value!r}")
         return number
 
     coerce.coerceDoc = "Must be 0 or more."  # type: ignore[attr-defined]
-    return coerce
-
-
-def _seconds(option: str) -> Any:
-    """A coercer for ``--option``: a number of seconds, 0 or more."""
-
-    def coerce(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            number = -1.0
-        if not number >= 0:
-            raise ValueError(f"--{option} must be a number of seconds, 0 or more, got {value!r}")
-        return number
-
     return coerce
 
 
@@ -199,14 +184,14 @@ class Options(usage.Options):
             None,
             None,
             "CORS: seconds browsers may cache a preflight answer [default: 600].",
-            _count("cors-max-age"),
+            _non_negative("cors-max-age"),
         ],
         [
             "workers",
             "w",
             None,
             "Worker processes per model; 0 runs models in-process [default: 0].",
-            _count("workers"),
+            _non_negative("workers"),
         ],
         ["envs-dir", None, None, "Where model environments are unpacked [default: ~/.cache/v2d/envs]."],
         [
@@ -214,21 +199,21 @@ class Options(usage.Options):
             None,
             None,
             "Largest REST request body in bytes [default: 256 MiB].",
-            _count("max-body-size"),
+            _non_negative("max-body-size"),
         ],
         [
             "grpc-max-message-size",
             None,
             None,
             "Largest gRPC message in bytes [default: 512 MiB].",
-            _count("grpc-max-message-size"),
+            _non_negative("grpc-max-message-size"),
         ],
         [
             "shutdown-timeout",
             None,
             None,
             "Seconds to drain requests on shutdown [default: 30].",
-            _seconds("shutdown-timeout"),
+            _non_negative("shutdown-timeout", float, "a number of seconds"),
         ],
         [
             "retain-memory",
@@ -236,7 +221,7 @@ class Options(usage.Options):
             None,
             "Bytes of freed memory kept for reuse, so big tensors do not pay page faults on "
             "every request; 0 returns it to the system at once [default: 512 MiB].",
-            _count("retain-memory"),
+            _non_negative("retain-memory"),
         ],
         [
             "event-loop",
