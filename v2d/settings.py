@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from v2d.types import DATATYPES, MetadataTensor, Parameters
 
 __all__ = [
+    "SETTINGS_FILENAME",
     "CORSSettings",
     "ModelParameters",
     "ModelSettings",
@@ -30,6 +31,7 @@ __all__ = [
     "SettingsError",
     "default_envs_dir",
     "grpc_address",
+    "mlserver_start_folder",
     "read_env_file",
     "tcp_endpoint",
 ]
@@ -155,6 +157,26 @@ def read_env_file(path: str) -> Dict[str, str]:
             value = value.split(" #", 1)[0].rstrip()
         values[name.strip()] = value
     return values
+
+
+#: The settings file MLServer reads from the folder it serves.
+SETTINGS_FILENAME = "settings.json"
+
+
+def mlserver_start_folder(
+    models: Optional[str], config: Optional[str], environ: Mapping[str, str]
+) -> Optional[str]:
+    """
+    The folder to serve as ``mlserver start FOLDER`` would (its settings.json the
+    config, itself the models root unless that file says otherwise), or None: when
+    neither the models folder nor a config is given, the folder named by
+    ``MLSERVER_MODELS_DIR`` (as MLServer's images start) or else the working directory,
+    if it holds settings.json.
+    """
+    if models or config or environ.get("V2D_CONFIG") or environ.get("V2D_MODELS"):
+        return None
+    folder = environ.get("MLSERVER_MODELS_DIR") or "."
+    return folder if os.path.isfile(os.path.join(folder, SETTINGS_FILENAME)) else None
 
 
 def tcp_endpoint(host: str, port: int) -> str:

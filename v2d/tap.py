@@ -22,12 +22,9 @@ from typing import Any, Dict, List
 from twisted.application.service import IService
 from twisted.python import usage
 
-from v2d.settings import Settings, SettingsError, read_env_file
+from v2d.settings import SETTINGS_FILENAME, Settings, SettingsError, mlserver_start_folder, read_env_file
 
-__all__ = ["Options", "install_asyncio_reactor", "makeService", "mlserver_start_folder", "new_event_loop"]
-
-#: The settings file MLServer reads from the folder it serves.
-SETTINGS_FILENAME = "settings.json"
+__all__ = ["Options", "install_asyncio_reactor", "makeService", "new_event_loop"]
 
 
 def install_asyncio_reactor(event_loop: str = "auto") -> Any:
@@ -109,20 +106,6 @@ def _non_negative(option: str, kind: Any = int, what: str = "a whole number") ->
     return coerce
 
 
-def mlserver_start_folder(models: Any, config: Any, environ: Dict[str, str]) -> Any:
-    """
-    The folder to serve as ``mlserver start FOLDER`` would (its settings.json the
-    config, itself the models root unless that file says otherwise), or None: when
-    neither the models folder nor a config is given, the folder named by
-    ``MLSERVER_MODELS_DIR`` (as MLServer's images start) or else the working directory,
-    if it holds settings.json.
-    """
-    if models or config or environ.get("V2D_CONFIG") or environ.get("V2D_MODELS"):
-        return None
-    folder = environ.get("MLSERVER_MODELS_DIR") or "."
-    return folder if os.path.isfile(os.path.join(folder, SETTINGS_FILENAME)) else None
-
-
 #: The keys of the repeatable CORS options (``cors_settings`` fields).
 _CORS_LISTS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers")
 
@@ -135,7 +118,9 @@ class Options(usage.Options):
         "Serve every model folder (a folder with model-settings.json) under --models over the "
         "Open Inference Protocol. Each option can also be set in settings.json (--config) and as "
         "an environment variable V2D_<NAME> (e.g. V2D_MODELS, V2D_REST, V2D_WORKERS); the command "
-        "line wins over the environment, which wins over settings.json."
+        "line wins over the environment, which wins over settings.json. MLServer's settings.json "
+        "fields and MLSERVER_<NAME> variables are taken too (v2d's names win over MLServer's), and "
+        "without --models in a folder holding settings.json, v2d serves it as 'mlserver start .'."
     )
 
     optParameters: List[List[Any]] = [
@@ -232,7 +217,7 @@ class Options(usage.Options):
         ],
     ]
     optFlags = [
-        ["debug", None, "Log more."],
+        ["debug", None, "Log every HTTP request, as MLServer's debug does."],
         ["access-log", None, "Log every HTTP request."],
         ["no-strict-readiness", None, "Report the server ready even when some model failed to load."],
         [
