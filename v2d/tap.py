@@ -306,6 +306,26 @@ class Options(usage.Options):
         parent = getattr(self, "parent", None)
         if parent is not None and "reactorName" in parent and "reactor" not in parent:
             parent["reactor"] = reactor
+        check_endpoints(reactor, self["settings"])
+
+
+def check_endpoints(reactor: Any, settings: Settings) -> None:
+    """Raise a ``SettingsError`` naming every listen endpoint that is not a strports description."""
+    from twisted.internet import endpoints
+
+    problems = []
+    named = [("rest", d) for d in settings.rest] + (
+        [("metrics", settings.metrics)] if settings.metrics else []
+    )
+    for name, description in named:
+        try:
+            endpoints.serverFromString(reactor, description)
+        except (ValueError, TypeError) as e:
+            problems.append(f"field '{name}': {description!r} is not a listen endpoint (strports): {e}")
+        except Exception:
+            pass  # e.g. systemd: with no inherited socket yet; listening says what is wrong
+    if problems:
+        raise SettingsError(*problems)
 
 
 def makeService(options: Options) -> IService:

@@ -383,3 +383,13 @@ def test_new_options(tmp_path):
     options = Options()
     options.parseOptions(["--metrics-path", "none"])
     assert options["settings"].metrics_path is None
+
+
+def test_bad_endpoints_are_named():
+    with pytest.raises(SystemExit) as exit:
+        Options().parseOptions(["--rest", "tcp:x", "--rest", "tcp:1", "--metrics", "bogus:1"])
+    assert exit.value.code.splitlines() == [
+        "v2d: field 'rest': 'tcp:x' is not a listen endpoint (strports): "
+        "invalid literal for int() with base 10: 'x'",
+        "v2d: field 'metrics': 'bogus:1' is not a listen endpoint (strports): Unknown endpoint type: 'bogus'",
+    ]
