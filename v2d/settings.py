@@ -485,12 +485,13 @@ class Settings:
             var = "V2D_" + key.upper()
             if var in environ:
                 cls._take(var, key, _env_value(kind, environ[var]), _ENV, offers, mlserver, problems)
-        mlserver_names = list(_MLSERVER_FIELDS) + list(_MLSERVER_ENV_ONLY) + list(_MLSERVER_SHARED)
-        for key in mlserver_names + list(_MLSERVER_UNSUPPORTED):
+        mlserver_kinds = {key: cls._KINDS[key] for key in _MLSERVER_SHARED}
+        mlserver_kinds.update(_MLSERVER_FIELDS)
+        mlserver_kinds.update(_MLSERVER_ENV_ONLY)
+        mlserver_kinds.update({key: kind for key, (kind, _, _) in _MLSERVER_UNSUPPORTED.items()})
+        for key, kind in mlserver_kinds.items():
             var = "MLSERVER_" + key.upper()
             if var in environ:
-                kind = {**cls._KINDS, **_MLSERVER_FIELDS, **_MLSERVER_ENV_ONLY}.get(key)
-                kind = kind or _MLSERVER_UNSUPPORTED[key][0]
                 value = _env_value(kind, environ[var])
                 cls._take(var, key, value, _ENV, offers, mlserver, problems, own_name=False, env_only=True)
         for key, value in (overrides or {}).items():
