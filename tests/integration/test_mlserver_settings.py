@@ -46,6 +46,14 @@ def twistd_v2d(*args):
     return twistd_command() + ["-n", "--pidfile=", "--logfile=-", "v2d", *args]
 
 
+def run_v2d(folder, *args):
+    """``twistd -n v2d ARGS`` run to its end in ``folder``: the completed process, output kept apart."""
+    env = Daemon(str(folder)).env
+    return subprocess.run(
+        twistd_v2d(*args), cwd=str(folder), capture_output=True, text=True, timeout=120, env=env
+    )
+
+
 def mlserver_daemon(folder, settings, env=None, *args):
     """A daemon started in ``folder`` with no --models: it reads ``folder/settings.json``."""
     (folder / "settings.json").write_text(json.dumps(settings))
@@ -182,16 +190,8 @@ def test_unsupported_fields_end_with_exact_lines(tmp_path):
             }
         )
     )
-    done = subprocess.run(
-        twistd_v2d("--config", "settings.json"),
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=Daemon(str(tmp_path)).env,
-    )
-    assert done.returncode == 1
-    assert done.stdout == ""
+    done = run_v2d(tmp_path, "--config", "settings.json")
+    assert (done.returncode, done.stdout) == (1, "")
     field = "v2d: settings.json: field"
     assert done.stderr.splitlines() == [
         f"{field} 'kafka_enabled' = true is not supported: v2d has no Kafka server; send requests over REST "
@@ -209,14 +209,7 @@ def test_unsupported_fields_end_with_exact_lines(tmp_path):
 
 
 def test_bad_option_ends_without_usage_text(tmp_path):
-    done = subprocess.run(
-        twistd_v2d("--workers", "many"),
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=Daemon(str(tmp_path)).env,
-    )
+    done = run_v2d(tmp_path, "--workers", "many")
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr.splitlines() == [
         "v2d: --workers must be a whole number, 0 or more, got 'many' (twistd v2d --help lists the options)"
