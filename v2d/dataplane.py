@@ -34,6 +34,8 @@ class DataPlane:
     registry: IModelRegistry
     repository: IModelRepository
     server_name: str = "v2d"
+    #: The version ``metadata()`` reports; None: v2d's own.
+    server_version: Optional[str] = None
     extensions: List[str] = attrs.field(factory=lambda: ["model_repository"])
     strict_readiness: bool = True
     started: bool = False
@@ -56,7 +58,9 @@ class DataPlane:
 
     def metadata(self) -> MetadataServerResponse:
         return MetadataServerResponse(
-            name=self.server_name, version=__version__, extensions=list(self.extensions)
+            name=self.server_name,
+            version=self.server_version or __version__,
+            extensions=list(self.extensions),
         )
 
     def model_metadata(self, name: str, version: Optional[str] = None) -> MetadataModelResponse:

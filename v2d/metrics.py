@@ -2,15 +2,17 @@
 Prometheus metrics: per-model request counts and latencies, requests in flight.
 
 The dataplane reports each finished request to an observer; this module is that
-observer and serves the text exposition format at ``GET /metrics`` on the REST
-endpoints. Each service has its own ``CollectorRegistry`` (no process-global state).
-Names follow MLServer's where the idea is the same. Runtimes' own metrics
+observer and serves the text exposition format at ``GET /metrics`` (``metrics_path``)
+on the REST endpoints, or on a listener of its own (``metrics``, as MLServer's
+``metrics_port``). Each service has its own ``CollectorRegistry`` (no process-global
+state). Names follow MLServer's where the idea is the same. Runtimes' own metrics
 (``register``/``log``, v2d.custom_metrics) are recorded here too, as histograms
 labelled by model name and version.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -19,7 +21,7 @@ from twisted.web.resource import Resource
 
 from v2d.custom_metrics import LABELS, log, register
 
-__all__ = ["Metrics", "MetricsResource", "log", "register"]
+__all__ = ["Metrics", "MetricsListenerResource", "MetricsResource", "log", "register"]
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -102,3 +104,34 @@ class MetricsResource(Resource):
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return self.metrics.exposition()
+
+
+class MetricsListenerResource(Resource):
+    """The whole of the separate metrics listener: ``GET path``; any other path is 404."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics, path: str) -> None:
+        super().__init__()
+        self.metrics = MetricsResource(metrics)
+        self.path = path.encode("utf-8")
+
+    def render(self, request: Any) -> bytes:
+        if request.path == self.path:
+            if request.method in (b"GET", b"HEAD"):
+                return self.metrics.render_GET(request)
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _error(
+                request, f"method {request.method.decode('latin-1')} not allowed on {self.path.decode()}"
+            )
+        request.setResponseCode(404)
+        where = request.path.decode("latin-1")
+        return _error(
+            request, f"no such endpoint: {where} (this listener serves the metrics at {self.path.decode()})"
+        )
+
+
+def _error(request: Any, message: str) -> bytes:
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"error": message}).encode()

@@ -2,7 +2,8 @@
 The v2d service: wires repository, registry, dataplane, transports and workers, and
 owns start-up and the ordered shutdown.
 
-Start: listen (so liveness answers at once), then load every model (readiness follows).
+Start: listen (so liveness answers at once), then load every model (readiness follows;
+with ``load_models_at_startup`` off, none: the repository API loads them).
 Stop: stop listening, drain requests in flight (with a deadline), unload models, end
 worker processes; ``stopService`` fires only when all of that is done, and twistd
 waits for it.
@@ -22,10 +23,11 @@ from twisted.logger import Logger
 from v2d.batching import batching_wrapper
 from v2d.dataplane import DataPlane
 from v2d.interfaces import IModelFactory
-from v2d.metrics import Metrics, MetricsResource
+from v2d.metrics import Metrics, MetricsListenerResource, MetricsResource
 from v2d.registry import ModelRegistry
 from v2d.repository import ModelRepository
 from v2d.rest import RestAPI, make_site
+from v2d.rest._cors import CORSPolicy
 from v2d.rest._custom import CustomRoutes, klein_serves
 from v2d.rest._router import RootResource
 from v2d.settings import ModelSettings, Settings
@@ -67,14 +69,33 @@ class V2DService(Service):
             registry=self.registry,
             repository=self.repository,
             server_name=settings.server_name,
-            extensions=self.extensions(),
+            server_version=settings.server_version,
+            extensions=self.extensions() if settings.extensions is None else list(settings.extensions),
             strict_readiness=settings.strict_readiness,
         )
-        self.dataplane.observer = self.metrics.observe
+        # Metrics are always collected (runtimes' own metrics are recorded even when
+        # nothing serves them); they are served on the REST endpoints, on a listener of
+        # their own (``metrics``), or not at all (``metrics_path`` none).
+        self.metrics_site: Optional[Any] = None
+        self.fixed_paths: Dict[bytes, Any] = {}
+        if settings.metrics_path is not None:
+            self.dataplane.observer = self.metrics.observe
+            if settings.metrics:
+                listener = MetricsListenerResource(self.metrics, settings.metrics_path)
+                self.metrics_site = make_site(listener, 64 * 1024, settings.access_logged)
+            else:
+                self.fixed_paths[settings.metrics_path.encode("utf-8")] = MetricsResource(self.metrics)
         self.rest = RestAPI(self.dataplane)
-        self.fixed_paths: Dict[bytes, Any] = {b"/metrics": MetricsResource(self.metrics)}
-        root = RootResource(self.rest, self.rest.app.resource(), self.fixed_paths, routes=self.custom_routes)
-        self.site = make_site(root, settings.max_body_size, settings.access_log)
+        cors = CORSPolicy(settings.cors_settings) if settings.cors_settings is not None else None
+        root = RootResource(
+            self.rest,
+            self.rest.app.resource(),
+            self.fixed_paths,
+            routes=self.custom_routes,
+            root_path=settings.root_path,
+            cors=cors,
+        )
+        self.site = make_site(root, settings.max_body_size, settings.access_logged)
         self.ports: List[Any] = []
         self.grpc_server: Optional[Any] = None
         self._loaded: Optional[Deferred] = None
@@ -117,8 +138,24 @@ class V2DService(Service):
             port = yield endpoint.listen(self.site)
             self.ports.append(port)
             self.log.info("REST listening on {address}", address=_describe(port))
+        if self.metrics_site is not None:
+            endpoint = endpoints.serverFromString(self.reactor, self.settings.metrics)
+            port = yield endpoint.listen(self.metrics_site)
+            self.ports.append(port)
+            self.log.info(
+                "metrics listening on {address}{path}",
+                address=_describe(port),
+                path=self.settings.metrics_path,
+            )
         if self.settings.grpc:
             yield self._start_grpc()
+        if not self.settings.load_models_at_startup:
+            self.dataplane.started = True
+            self.log.info(
+                "load_models_at_startup is off: no model loaded; load them with "
+                "POST /v2/repository/models/{{name}}/load"
+            )
+            return
         self._loaded = self.dataplane.load_all()
         yield self._loaded
         ready = [n for n in self.registry.names() if self.registry.ready(n)]

@@ -1,9 +1,14 @@
 """
 ``twistd v2d`` options and service construction.
 
-Options become a ``Settings`` (command line > ``V2D_*`` environment > settings.json >
-defaults). Parsing also installs Twisted's asyncio reactor, which v2d needs so that
-grpc.aio and asyncio runtimes share Twisted's loop.
+Options become a ``Settings`` (command line > ``V2D_*`` and ``MLSERVER_*`` environment
+> settings.json > defaults). Started without ``--models`` and ``--config`` in a folder
+holding ``settings.json`` (or with ``MLSERVER_MODELS_DIR`` naming one), v2d serves it as
+``mlserver start`` would. Parsing also installs Twisted's asyncio reactor, which v2d
+needs so that grpc.aio and asyncio runtimes share Twisted's loop.
+
+A bad option or setting ends the command with v2d's own lines only (one per problem)
+and exit status 1, not twistd's usage text.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, Dict, List
 from twisted.application.service import IService
 from twisted.python import usage
 
-from v2d.settings import Settings, SettingsError
+from v2d.settings import SETTINGS_FILENAME, Settings, SettingsError, mlserver_start_folder, read_env_file
 
 __all__ = ["Options", "install_asyncio_reactor", "makeService", "new_event_loop"]
 
@@ -85,14 +90,24 @@ def _set_wakeup_fd(fd: int) -> None:
     process.reapAllProcesses()  # children that exited while uvloop held the wakeup fd
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError("must be 0 or more")
-    return number
+def _non_negative(option: str, kind: Any = int, what: str = "a whole number") -> Any:
+    """A coercer for ``--option``: ``kind`` (int or float), 0 or more; the error names the option."""
+
+    def coerce(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = -1
+        if not number >= 0:
+            raise ValueError(f"--{option} must be {what}, 0 or more, got {value!r}")
+        return number
+
+    coerce.coerceDoc = "Must be 0 or more."  # type: ignore[attr-defined]
+    return coerce
 
 
-_positive_int.coerceDoc = "Must be 0 or more."  # type: ignore[attr-defined]
+#: The keys of the repeatable CORS options (``cors_settings`` fields).
+_CORS_LISTS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers")
 
 
 class Options(usage.Options):
@@ -103,19 +118,65 @@ class Options(usage.Options):
         "Serve every model folder (a folder with model-settings.json) under --models over the "
         "Open Inference Protocol. Each option can also be set in settings.json (--config) and as "
         "an environment variable V2D_<NAME> (e.g. V2D_MODELS, V2D_REST, V2D_WORKERS); the command "
-        "line wins over the environment, which wins over settings.json."
+        "line wins over the environment, which wins over settings.json. MLServer's settings.json "
+        "fields and MLSERVER_<NAME> variables are taken too (v2d's names win over MLServer's), and "
+        "without --models in a folder holding settings.json, v2d serves it as 'mlserver start .'."
     )
 
     optParameters: List[List[Any]] = [
-        ["models", "m", None, "Folder holding the model folders [default: ./models]."],
+        [
+            "models",
+            "m",
+            None,
+            "Folder holding the model folders [default: ./models; '.' when the working "
+            "directory holds settings.json].",
+        ],
         ["grpc", None, None, "gRPC listen address host:port, or 'none' [default: 0.0.0.0:8081]."],
-        ["config", "c", None, "A settings.json file."],
+        [
+            "config",
+            "c",
+            None,
+            "A settings.json file (v2d's or MLServer's fields) [default: ./settings.json when "
+            "--models is not given].",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "A separate listen endpoint (strports) for Prometheus metrics, as MLServer's "
+            "metrics_port; without it they are served on the REST endpoints [default: none].",
+        ],
+        [
+            "metrics-path",
+            None,
+            None,
+            "Path of the metrics, or 'none' to turn metrics off [default: /metrics].",
+        ],
+        [
+            "root-path",
+            None,
+            None,
+            "The path prefix a proxy in front serves v2d under (MLServer's root_path) [default: none].",
+        ],
+        [
+            "cors-allow-origin-regex",
+            None,
+            None,
+            "CORS: a regular expression matching the whole of each allowed origin.",
+        ],
+        [
+            "cors-max-age",
+            None,
+            None,
+            "CORS: seconds browsers may cache a preflight answer [default: 600].",
+            _non_negative("cors-max-age"),
+        ],
         [
             "workers",
             "w",
             None,
             "Worker processes per model; 0 runs models in-process [default: 0].",
-            _positive_int,
+            _non_negative("workers"),
         ],
         ["envs-dir", None, None, "Where model environments are unpacked [default: ~/.cache/v2d/envs]."],
         [
@@ -123,23 +184,29 @@ class Options(usage.Options):
             None,
             None,
             "Largest REST request body in bytes [default: 256 MiB].",
-            _positive_int,
+            _non_negative("max-body-size"),
         ],
         [
             "grpc-max-message-size",
             None,
             None,
             "Largest gRPC message in bytes [default: 512 MiB].",
-            _positive_int,
+            _non_negative("grpc-max-message-size"),
         ],
-        ["shutdown-timeout", None, None, "Seconds to drain requests on shutdown [default: 30].", float],
+        [
+            "shutdown-timeout",
+            None,
+            None,
+            "Seconds to drain requests on shutdown [default: 30].",
+            _non_negative("shutdown-timeout", float, "a number of seconds"),
+        ],
         [
             "retain-memory",
             None,
             None,
             "Bytes of freed memory kept for reuse, so big tensors do not pay page faults on "
             "every request; 0 returns it to the system at once [default: 512 MiB].",
-            _positive_int,
+            _non_negative("retain-memory"),
         ],
         [
             "event-loop",
@@ -150,20 +217,70 @@ class Options(usage.Options):
         ],
     ]
     optFlags = [
-        ["debug", None, "Log more."],
+        ["debug", None, "Log every HTTP request, as MLServer's debug does."],
         ["access-log", None, "Log every HTTP request."],
         ["no-strict-readiness", None, "Report the server ready even when some model failed to load."],
+        [
+            "no-load-at-startup",
+            None,
+            "Start with no model loaded; load them through the repository API "
+            "(MLServer's load_models_at_startup: false).",
+        ],
+        ["cors-allow-credentials", None, "CORS: allow cookies and credentials in cross-origin requests."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
-        self["rest"] = []
+        for key in ("rest",) + _CORS_LISTS:
+            self[key] = []
 
     def opt_rest(self, endpoint: str) -> None:
         """REST listen endpoint, a strports string; repeatable [default: tcp:8080]."""
         self["rest"].append(endpoint)
 
+    def opt_cors_allow_origin(self, origin: str) -> None:
+        """CORS: an origin allowed to make cross-origin requests, or '*'; repeatable."""
+        self["allow_origins"].append(origin)
+
+    def opt_cors_allow_method(self, method: str) -> None:
+        """CORS: a method allowed in cross-origin requests, or '*'; repeatable [default: GET]."""
+        self["allow_methods"].append(method)
+
+    def opt_cors_allow_header(self, header: str) -> None:
+        """CORS: a request header allowed in cross-origin requests, or '*'; repeatable."""
+        self["allow_headers"].append(header)
+
+    def opt_cors_expose_header(self, header: str) -> None:
+        """CORS: a response header browsers may read; repeatable."""
+        self["expose_headers"].append(header)
+
+    def parseOptions(self, options: Any = None) -> None:
+        """Parse; a bad option or setting exits with v2d's lines only (twistd would add its usage text)."""
+        try:
+            super().parseOptions(options)
+        except SettingsError as e:
+            raise SystemExit("\n".join(f"v2d: {line}" for line in e.lines)) from None
+        except usage.UsageError as e:
+            message = str(e).replace("Parameter type enforcement failed: ", "")
+            raise SystemExit(f"v2d: {message} (twistd v2d --help lists the options)") from None
+
     def postOptions(self) -> None:
+        environ = {k: v for k, v in read_env_file(".env").items() if k.startswith("MLSERVER_")}
+        environ.update(os.environ)
+        config = self["config"]
+        defaults: Dict[str, Any] = {}
+        folder = mlserver_start_folder(self["models"], config, environ)
+        if folder is not None:
+            config = os.path.join(folder, SETTINGS_FILENAME)
+            defaults["models"] = folder
+        self["found_config"] = config if folder is not None else None
+        cors: Dict[str, Any] = {key: self[key] for key in _CORS_LISTS if self[key]}
+        if self["cors-allow-origin-regex"] is not None:
+            cors["allow_origin_regex"] = self["cors-allow-origin-regex"]
+        if self["cors-max-age"] is not None:
+            cors["max_age"] = self["cors-max-age"]
+        if self["cors-allow-credentials"]:
+            cors["allow_credentials"] = True
         overrides: Dict[str, Any] = {
             "models": self["models"],
             "grpc": self["grpc"],
@@ -178,15 +295,37 @@ class Options(usage.Options):
             "debug": True if self["debug"] else None,
             "access_log": True if self["access-log"] else None,
             "strict_readiness": False if self["no-strict-readiness"] else None,
+            "load_models_at_startup": False if self["no-load-at-startup"] else None,
+            "metrics": self["metrics"],
+            "metrics_path": self["metrics-path"],
+            "root_path": self["root-path"],
+            "cors_settings": cors or None,
         }
-        try:
-            self["settings"] = Settings.load(self["config"], os.environ, overrides)
-        except SettingsError as e:
-            raise usage.UsageError(str(e)) from None
+        self["settings"] = Settings.load(config, environ, overrides, defaults)
         reactor = install_asyncio_reactor(self["settings"].event_loop)
         parent = getattr(self, "parent", None)
         if parent is not None and "reactorName" in parent and "reactor" not in parent:
             parent["reactor"] = reactor
+        check_endpoints(reactor, self["settings"])
+
+
+def check_endpoints(reactor: Any, settings: Settings) -> None:
+    """Raise a ``SettingsError`` naming every listen endpoint that is not a strports description."""
+    from twisted.internet import endpoints
+
+    problems = []
+    named = [("rest", d) for d in settings.rest] + (
+        [("metrics", settings.metrics)] if settings.metrics else []
+    )
+    for name, description in named:
+        try:
+            endpoints.serverFromString(reactor, description)
+        except (ValueError, TypeError) as e:
+            problems.append(f"field '{name}': {description!r} is not a listen endpoint (strports): {e}")
+        except Exception:
+            pass  # e.g. systemd: with no inherited socket yet; listening says what is wrong
+    if problems:
+        raise SettingsError(*problems)
 
 
 def makeService(options: Options) -> IService:
@@ -198,6 +337,12 @@ def makeService(options: Options) -> IService:
     from v2d.service import V2DService
 
     settings = options["settings"]
+    if options.get("found_config"):
+        Logger().info(
+            "serving {folder} with its {config}, as mlserver start would",
+            folder=os.path.dirname(options["found_config"]),
+            config=options["found_config"],
+        )
     if retain_freed_memory(settings.retain_memory):
         Logger().info(
             "freed memory up to {mib} MiB is kept for reuse (--retain-memory)",

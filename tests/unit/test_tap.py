@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from twisted.python import usage
 
 import v2d.tap
 from v2d.tap import Options
@@ -47,8 +46,9 @@ def test_environment_fills_in(monkeypatch):
 
 @pytest.mark.parametrize("argv", [["--workers", "-1"], ["--workers", "x"], ["--config", "/nonexistent.json"]])
 def test_bad_options(argv):
-    with pytest.raises(usage.UsageError):
+    with pytest.raises(SystemExit) as exit:
         Options().parseOptions(argv)
+    assert str(exit.value.code).startswith("v2d: ")
 
 
 def test_plugin_is_light():
@@ -70,7 +70,7 @@ def test_event_loop_option():
     options = Options()
     options.parseOptions([])
     assert options["settings"].event_loop == "auto"
-    with pytest.raises(usage.UsageError, match="event_loop"):
+    with pytest.raises(SystemExit, match="event_loop"):
         Options().parseOptions(["--event-loop", "tokio"])
 
 

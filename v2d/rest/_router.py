@@ -3,6 +3,9 @@ The REST root resource: inference requests go straight to their handler, a few f
 paths (``/metrics``) and the runtimes' custom handlers (``routes``, by method and path)
 to their own resources; every other path goes through Klein.
 
+Before that, the CORS policy (if any) sees each request, and a path under
+``root_path`` (the prefix a proxy serves v2d under) is served as the path without it.
+
 Klein (werkzeug) routing costs a noticeable share of a small request's time, so the
 one hot route, ``POST /v2/models/{m}[/versions/{v}]/infer``, is matched here with one
 regular expression and handed to the same ``RestAPI.infer`` method Klein would call.
@@ -41,6 +44,8 @@ class RootResource(Resource):
         fallback: IResource,
         extra: Optional[Dict[bytes, IResource]] = None,
         routes: Optional[Any] = None,
+        root_path: str = "",
+        cors: Optional[Any] = None,
     ) -> None:
         super().__init__()
         self.api = api
@@ -48,10 +53,33 @@ class RootResource(Resource):
         self.extra = dict(extra or {})
         #: A mapping-like ``get((method, path))`` of dynamic routes (v2d.rest._custom).
         self.routes = routes
+        self.root_path = root_path.rstrip("/").encode("utf-8")
+        self._root_segments = self.root_path.split(b"/")[1:] if self.root_path else []
+        self.cors = cors
+
+    def _path(self, request: Any) -> bytes:
+        """The path to route: without ``root_path`` when it starts with it (Klein is told too)."""
+        path = request.path
+        root = self.root_path
+        if (
+            root
+            and path.startswith(root)
+            and (len(path) == len(root) or path[len(root) : len(root) + 1] == b"/")
+        ):
+            count = len(self._root_segments)
+            request.prepath = request.postpath[:count]
+            request.postpath = request.postpath[count:]
+            return path[len(root) :] or b"/"
+        return path
 
     def render(self, request: Any) -> Any:
+        if self.cors is not None:
+            answer = self.cors.handle(request)
+            if answer is not None:
+                return answer
+        path = self._path(request) if self.root_path else request.path
         if request.method == b"POST":
-            match = _INFER.match(request.path)
+            match = _INFER.match(path)
             if match is not None:
                 version = match.group(2)
                 result = self.api.infer(
@@ -63,11 +91,11 @@ class RootResource(Resource):
                     return NOT_DONE_YET
                 request.setHeader(b"content-length", b"%d" % len(result))
                 return result
-        resource = self.extra.get(request.path)
+        resource = self.extra.get(path)
         if resource is not None:
             return resource.render(request)
         if self.routes:
-            resource = self.routes.get((request.method, request.path))
+            resource = self.routes.get((request.method, path))
             if resource is not None:
                 return resource.render(request)
         return self.fallback.render(request)
