@@ -15,11 +15,12 @@ from zope.interface import implementer
 
 from v2d.errors import ModelNotFound
 from v2d.interfaces import IModelRepository
-from v2d.settings import ModelSettings, SettingsError
+from v2d.settings import SETTINGS_FILE, ModelSettings, SettingsError
 
-__all__ = ["Discovered", "ModelRepository", "SETTINGS_FILE"]
+__all__ = ["DEFAULT_MODEL_SETTINGS_FILENAME", "Discovered", "ModelRepository", "SETTINGS_FILE"]
 
-SETTINGS_FILE = "model-settings.json"
+#: MLServer's name for it.
+DEFAULT_MODEL_SETTINGS_FILENAME = SETTINGS_FILE
 
 
 @attrs.frozen

@@ -615,12 +615,13 @@ class Settings:
         return found
 
 
-def _read_json_object(path: str) -> Dict[str, Any]:
+def _read_json_object(path: str, what: str = "settings file ") -> Dict[str, Any]:
+    """The JSON object in ``path``; a ``SettingsError`` naming the file otherwise."""
     try:
         with open(path, "rb") as f:
             doc = json.load(f)
     except OSError as e:
-        raise SettingsError(f"cannot read settings file {path}: {e.strerror}") from None
+        raise SettingsError(f"cannot read {what}{path}: {e.strerror}") from None
     except ValueError as e:
         raise SettingsError(f"{path}: invalid JSON: {e}") from None
     if not isinstance(doc, dict):
@@ -930,15 +931,7 @@ class ModelSettings:
     @classmethod
     def from_file(cls, path: str, environ: Optional[Mapping[str, str]] = None) -> "ModelSettings":
         """Read a model-settings.json; ``environ`` (if given) overrides fields."""
-        try:
-            with open(path, "rb") as f:
-                values = json.load(f)
-        except OSError as e:
-            raise SettingsError(f"cannot read {path}: {e.strerror}") from None
-        except ValueError as e:
-            raise SettingsError(f"{path}: invalid JSON: {e}") from None
-        if not isinstance(values, dict):
-            raise SettingsError(f"{path}: must hold a JSON object")
+        values = _read_json_object(path, what="")
         if environ:
             values = cls.apply_environ(values, environ)
         return cls.from_dict(values, folder=os.path.dirname(os.path.abspath(path)), where=path)
