@@ -473,6 +473,7 @@ class Settings:
         environ: Optional[Mapping[str, str]] = None,
         overrides: Optional[Mapping[str, Any]] = None,
         defaults: Optional[Mapping[str, Any]] = None,
+        file_values: Optional[Mapping[str, Any]] = None,
     ) -> "Settings":
         """
         Merge ``defaults``, ``settings.json`` at ``config_path``, ``V2D_*`` and
@@ -491,6 +492,8 @@ class Settings:
         if config_path:
             for key, value in _read_json_object(config_path).items():
                 cls._take(config_path, key, value, _FILE, offers, mlserver, problems)
+        for key, value in (file_values or {}).items():  # a settings.json already read
+            cls._take("settings.json", key, value, _FILE, offers, mlserver, problems)
         for key, kind in cls._KINDS.items():
             var = "V2D_" + key.upper()
             if var in environ:

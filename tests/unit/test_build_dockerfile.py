@@ -184,6 +184,8 @@ def test_exec_form_entrypoint_and_healthcheck(runtime_dir):
         ({"rest": ["tcp:port=9001:interface=0.0.0.0"], "grpc": "[::]:9500"}, "9001 9500"),
         ({"rest": "tcp:9002,ssl:9443", "grpc": None}, "9002 9443"),
         ({"grpc": "none"}, "8080"),
+        # MLServer's settings.json: its ports, and its metrics listener
+        ({"http_port": 9080, "grpc_port": 9081, "metrics_port": 9082, "debug": True}, "9080 9081 9082"),
     ],
 )
 def test_exposed_ports_follow_the_embedded_settings(tmp_path, settings, ports):

@@ -192,10 +192,7 @@ def _read_settings(root: str) -> Dict[str, Any]:
         raise RuntimeFolderError(f"settings.json: invalid JSON: {e}") from None
     if not isinstance(values, dict):
         raise RuntimeFolderError("settings.json: must hold a JSON object")
-    unknown = sorted(set(values) - set(Settings.field_names()))
-    if unknown:
-        raise RuntimeFolderError(f"settings.json: unknown field(s) {', '.join(unknown)}")
-    try:
+    try:  # v2d's fields and MLServer's, every problem named
         Settings.load(config_path=path, environ={})
     except SettingsError as e:
         raise RuntimeFolderError(f"settings.json: {e}") from None
@@ -245,18 +242,15 @@ def grpc_port(address: Optional[str]) -> Optional[int]:
 
 
 def exposed_ports(settings: Dict[str, Any]) -> List[int]:
-    """The TCP ports the server listens on with these settings (REST first, then gRPC)."""
-    defaults = Settings()
-    rest = settings["rest"] if "rest" in settings else defaults.rest
-    if isinstance(rest, str):
-        rest = [part.strip() for part in rest.split(",") if part.strip()]
-    grpc = settings["grpc"] if "grpc" in settings else defaults.grpc
+    """
+    The TCP ports the server listens on with these settings.json values (v2d's or
+    MLServer's names): REST first, then gRPC, then a metrics listener.
+    """
+    loaded = Settings.load(environ={}, file_values=settings)
     ports: List[int] = []
-    for endpoint in rest:
-        port = strports_tcp_port(endpoint)
+    for port in [strports_tcp_port(e) for e in loaded.rest] + [grpc_port(loaded.grpc)] + [
+        strports_tcp_port(loaded.metrics) if loaded.metrics else None
+    ]:
         if port is not None and port not in ports:
             ports.append(port)
-    port = grpc_port(grpc)
-    if port is not None and port not in ports:
-        ports.append(port)
     return ports
