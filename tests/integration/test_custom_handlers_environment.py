@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from tests.integration.test_environments import env_tarball, other_python, wait_settled  # noqa: F401
+from tests.integration.test_environments import wait_settled
 from tests.integration.test_environments import write_model as write_model_settings
 from tests.support.daemon import Daemon
 

@@ -3,7 +3,7 @@ Run MLServer's own tests of its public runtime API against v2d.
 
 MLServer's tests are not part of v2d: this script takes them from an MLServer source
 checkout (``--source``; the files below exist in MLServer 1.7.x), rewrites their
-``mlserver`` imports to ``v2d``, gives them fixtures of their own (``conftest.py`` next
+``mlserver`` imports to ``v2d``, gives them fixtures of their own (``harness_conftest.py`` next
 to this script, written for v2d) and runs them with pytest in a virtualenv it makes
 once (v2d from this checkout, editable, plus pytest-asyncio, pytest-cases, fastapi and
 pandas, which the tests import). It prints pytest's summary and, with ``--expected``,
@@ -100,7 +100,7 @@ def lay_out(source: str, into: str) -> List[str]:
             f.write(text)
     shutil.copytree(os.path.join(src_tests, "testdata"), os.path.join(tests, "testdata"),
                     ignore=shutil.ignore_patterns("*.tar.gz", ".cache"))
-    shutil.copy(os.path.join(HERE, "conftest.py"), os.path.join(tests, "conftest.py"))
+    shutil.copy(os.path.join(HERE, "harness_conftest.py"), os.path.join(tests, "conftest.py"))
     with open(os.path.join(into, "pytest.ini"), "w") as f:
         f.write("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
     return [os.path.join("tests", name) for name in TEST_FILES]
