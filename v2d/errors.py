@@ -19,6 +19,7 @@ __all__ = [
     "ModelNotReady",
     "NotFound",
     "PayloadTooLarge",
+    "StatusCodeError",
     "Unavailable",
     "Unimplemented",
     "V2DError",
@@ -105,3 +106,28 @@ class Internal(V2DError):
     """A runtime failed; the message is the exception's."""
 
     kind = "INTERNAL"
+
+
+#: The kinds of the HTTP statuses a runtime's error may carry, as MLServer maps them to
+#: gRPC codes; any other status is UNKNOWN over gRPC (and itself over REST).
+KIND_OF_STATUS = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    422: "FAILED_PRECONDITION",
+    500: "INTERNAL",
+}
+
+
+class StatusCodeError(V2DError):
+    """
+    An error that carries its own HTTP status (``status_code``), as MLServer's errors
+    do: REST answers with that status, gRPC with the code of its kind.
+    """
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.kind = KIND_OF_STATUS.get(status_code, "UNKNOWN")
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.status_code))

@@ -70,7 +70,8 @@ log = Logger()
 
 
 def _error(request: Any, exc: V2DError) -> bytes:
-    request.setResponseCode(STATUS_OF_KIND.get(exc.kind, 500))
+    status = getattr(exc, "status_code", None)  # an error with its own status (StatusCodeError)
+    request.setResponseCode(status if isinstance(status, int) else STATUS_OF_KIND.get(exc.kind, 500))
     request.setHeader(b"content-type", _JSON)
     return error_body(exc.message)
 

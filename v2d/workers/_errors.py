@@ -52,7 +52,11 @@ def describe(exc: BaseException) -> Dict[str, Any]:
     message = str(exc)
     if isinstance(exc, errors.V2DError):
         own = type(exc).__module__ == errors.__name__
-        return {"v2d": type(exc).__name__ if own else None, "kind": exc.kind, "message": exc.message}
+        described = {"v2d": type(exc).__name__ if own else None, "kind": exc.kind, "message": exc.message}
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int):
+            described["status_code"] = status
+        return described
     if isinstance(exc, NotImplementedError):
         return {"builtin": "NotImplementedError", "message": message}
     return {"type": type(exc).__name__, "message": message}
@@ -64,6 +68,9 @@ def rebuild(description: Dict[str, Any]) -> Exception:
     if "kind" in description:
         name = description.get("v2d")
         cls = getattr(errors, name, None) if name else None
+        status = description.get("status_code")
+        if isinstance(status, int):
+            return errors.StatusCodeError(message, status)
         if isinstance(cls, type) and issubclass(cls, errors.V2DError):
             try:
                 return cls(message)
