@@ -30,8 +30,8 @@ __all__ = [
     "v2d_requirements",
 ]
 
-#: What the venv holds besides v2d's own dependencies.
-MLSERVER_REQUIREMENTS = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "xgboost-cpu"]
+#: What the venv holds besides v2d's own dependencies (pytest runs the adapter's unit tests there).
+MLSERVER_REQUIREMENTS = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "xgboost-cpu", "pytest"]
 #: Installed without dependencies (see the module's docstring).
 NO_DEPS = ["mlserver-xgboost==1.7.1"]
 
@@ -81,7 +81,8 @@ def mlserver_venv() -> str:
         shutil.rmtree(venv, ignore_errors=True)
         log = venv + ".log"
         subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
-        pip = [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        python = os.path.join(venv, "bin", "python")
+        pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         _run(pip + MLSERVER_REQUIREMENTS + v2d_requirements(), log)
         _run(pip + ["--no-deps"] + NO_DEPS, log)
         with open(done, "w"):

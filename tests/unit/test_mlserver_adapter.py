@@ -320,7 +320,8 @@ class Chat(Doubler):
         async for payload in payloads:
             words = StringCodec.decode_input(payload.inputs[0])
             for word in words:
-                yield InferenceResponse(model_name=self.name, outputs=[StringCodec.encode_output("w", [word.upper()])])
+                outputs = [StringCodec.encode_output("w", [word.upper()])]
+                yield InferenceResponse(model_name=self.name, outputs=outputs)
 '''
 
 
@@ -333,7 +334,8 @@ def folder(tmp_path):
 
 def _build(folder, implementation):
     settings = ModelSettings.from_dict(
-        {"name": "doubler", "implementation": implementation, "parameters": {"uri": "weights.bin", "version": "7"}},
+        {"name": "doubler", "implementation": implementation,
+         "parameters": {"uri": "weights.bin", "version": "7"}},
         folder=str(folder),
     )
     runtime, namespace = build_runtime(settings)
@@ -354,10 +356,11 @@ def test_a_folder_class_on_the_real_mlmodel_is_adapted(folder):
             assert runtime.model.ready is True
             x = np.array([[1.0, 2.0]], dtype=np.float32)
             answer = await runtime.predict(_request(RequestInput("x", [1, 2], "FP32", x), id="req-1"))
-            assert answer.id == "req-1", "the response carries the request's id, as MLServer's dataplane sets it"
+            assert answer.id == "req-1", "the response has the request's id, as MLServer's dataplane sets it"
             assert answer.parameters.headers == {"x-model": "doubler", "x-id": "req-1"}
             assert np.array_equal(answer.outputs[0].data, x * 2)
-            anonymous = await runtime.predict(_request(RequestInput("x", [1], "FP32", np.ones(1, np.float32))))
+            one = RequestInput("x", [1], "FP32", np.ones(1, np.float32))
+            anonymous = await runtime.predict(_request(one))
             assert anonymous.id and anonymous.id == anonymous.parameters.headers["x-id"]
             with pytest.raises(StatusCodeError) as info:
                 await runtime.predict(_request(RequestInput("z", [1], "FP32", np.ones(1, np.float32))))
@@ -392,7 +395,8 @@ def test_streams(folder):
 
 def test_load_errors_keep_their_status(tmp_path):
     settings = ModelSettings.from_dict(
-        {"name": "m", "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "missing.joblib"}},
+        {"name": "m", "implementation": "mlserver_sklearn.SKLearnModel",
+         "parameters": {"uri": "missing.joblib"}},
         folder=str(tmp_path),
     )
     pytest.importorskip("mlserver_sklearn")

@@ -137,7 +137,8 @@ def stub(tmp_path):
 
 @pytest.mark.parametrize("status", [400, 404, 422, 500, 503])
 def test_rest_answers_with_the_errors_own_status(stub, status):
-    body = {"parameters": {"status": status}, "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+    tensor = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+    body = {"parameters": {"status": status}, "inputs": [tensor]}
     results: list = []
     d = stub.request("POST", "http://v2d/v2/models/raises/infer", data=json.dumps(body).encode())
     d.addCallback(lambda response: stub.content(response).addCallback(lambda content: (response, content)))
