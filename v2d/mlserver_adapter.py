@@ -304,6 +304,35 @@ async def _resolve(value: Any) -> Any:
     return value
 
 
+class _Resumed:
+    """The rest of a coroutine that was run up to its first wait (on ``waiting``)."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Any, waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Any:
+        coro, value = self.coro, self.waiting
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the task (a cancellation)
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
 class MLServerRuntime(MLModel):
     """
     A subclass of the real ``mlserver.MLModel``, served as a v2d runtime.
@@ -332,13 +361,18 @@ class MLServerRuntime(MLModel):
         method = getattr(type(self.model), "predict_stream", None)
         return method is not None and method is not self._api.MLModel.predict_stream
 
-    def _enter_context(self) -> None:
-        # each predict runs as its own task (or a stream's own consumer), whose
-        # context copy these settings stay in
-        if self._api.context is not None:
+    def _enter_context(self) -> Any:
+        """Set MLServer's model context; returns the tokens that undo it."""
+        if self._api.context is None:
+            return None
+        name_var, version_var = self._api.context
+        return name_var.set(self.model.settings.name), version_var.set(self.model.settings.version or "")
+
+    def _leave_context(self, tokens: Any) -> None:
+        if tokens is not None:
             name_var, version_var = self._api.context
-            name_var.set(self.model.settings.name)
-            version_var.set(self.model.settings.version or "")
+            name_var.reset(tokens[0])
+            version_var.reset(tokens[1])
 
     async def load(self) -> bool:
         """MLServer's ``load``; the metadata is read once it is done."""
@@ -358,17 +392,42 @@ class MLServerRuntime(MLModel):
         except self._api.MLServerError as exc:
             raise to_v2d_error(exc) from exc
 
-    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        """One request, served by the MLServer model."""
+    def predict(self, payload: InferenceRequest) -> Any:
+        """
+        One request, served by the MLServer model. Its ``predict`` is a coroutine: one
+        that finishes without waiting on anything (as the runtime packages' do) is
+        answered at once, with no task; one that waits goes on as a task of its own.
+        """
         request = to_mlserver_request(payload)
         if request.id is None:
             request.id = str(uuid.uuid4())
-        self._enter_context()
+        tokens = self._enter_context()
         try:
-            response = await _resolve(self.model.predict(request))
+            pending = self.model.predict(request)
+            if not inspect.iscoroutine(pending):
+                if inspect.isawaitable(pending):
+                    return self._finish(pending, request.id)
+                return self._answer(pending, request.id)
+            try:
+                waiting = pending.send(None)
+            except StopIteration as done:
+                return self._answer(done.value, request.id)
         except self._api.MLServerError as exc:
             raise to_v2d_error(exc) from exc
-        response.id = request.id
+        finally:
+            self._leave_context(tokens)
+        return self._finish(_Resumed(pending, waiting), request.id)
+
+    async def _finish(self, pending: Any, request_id: str) -> InferenceResponse:
+        self._enter_context()  # in the task's own context
+        try:
+            response = await pending
+        except self._api.MLServerError as exc:
+            raise to_v2d_error(exc) from exc
+        return self._answer(response, request_id)
+
+    def _answer(self, response: Any, request_id: str) -> InferenceResponse:
+        response.id = request_id  # as MLServer's dataplane does
         return to_v2d_response(response)
 
     async def predict_stream(

@@ -9,6 +9,7 @@ Needs MLServer: skipped where the test venv lacks it. The integration tests
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 
@@ -315,6 +316,24 @@ class Doubler(MLModel):
         )
 
 
+class Quick(MLModel):
+    async def predict(self, payload):
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        if x.sum() < 0:
+            raise InferenceError("negative")
+        return InferenceResponse(
+            model_name=self.name,
+            parameters=Parameters(headers={"x-model": model_name_var.get()}),
+            outputs=[NumpyCodec.encode_output("y", x + 1)],
+        )
+
+
+class Slow(Quick):
+    async def predict(self, payload):
+        await asyncio.sleep(0.01)
+        return await super().predict(payload)
+
+
 class Chat(Doubler):
     async def predict_stream(self, payloads):
         async for payload in payloads:
@@ -355,20 +374,70 @@ def test_a_folder_class_on_the_real_mlmodel_is_adapted(folder):
             runtime.ready = True
             assert runtime.model.ready is True
             x = np.array([[1.0, 2.0]], dtype=np.float32)
-            answer = await runtime.predict(_request(RequestInput("x", [1, 2], "FP32", x), id="req-1"))
+            request = _request(RequestInput("x", [1, 2], "FP32", x), id="req-1")
+            answer = await _settle(runtime.predict(request))
             assert answer.id == "req-1", "the response has the request's id, as MLServer's dataplane sets it"
             assert answer.parameters.headers == {"x-model": "doubler", "x-id": "req-1"}
             assert np.array_equal(answer.outputs[0].data, x * 2)
             one = RequestInput("x", [1], "FP32", np.ones(1, np.float32))
-            anonymous = await runtime.predict(_request(one))
+            anonymous = await _settle(runtime.predict(_request(one)))
             assert anonymous.id and anonymous.id == anonymous.parameters.headers["x-id"]
             with pytest.raises(StatusCodeError) as info:
-                await runtime.predict(_request(RequestInput("z", [1], "FP32", np.ones(1, np.float32))))
+                wrong = RequestInput("z", [1], "FP32", np.ones(1, np.float32))
+                await _settle(runtime.predict(_request(wrong)))
             assert (info.value.status_code, str(info.value)) == (400, "input must be called x")
             await runtime.unload()
 
         asyncio.run(scenario())
         assert runtime.metadata().name == "doubler"
+    finally:
+        namespace.forget()
+
+
+async def _settle(value):
+    return await value if inspect.isawaitable(value) else value
+
+
+def test_a_predict_that_never_waits_is_answered_at_once(folder):
+    from mlserver.context import model_name_var
+
+    runtime, namespace = _build(folder, "models.Quick")
+    try:
+        asyncio.run(runtime.load())
+        x = np.array([1.0, 2.0], dtype=np.float32)
+        answer = runtime.predict(_request(RequestInput("x", [2], "FP32", x)))
+        assert not inspect.isawaitable(answer), "no task for a coroutine that finishes at once"
+        assert np.array_equal(answer.outputs[0].data.reshape(-1), x + 1)
+        assert answer.parameters.headers == {"x-model": "doubler"}
+        assert model_name_var.get("unset") == "unset", "the model context is undone after the call"
+        with pytest.raises(StatusCodeError) as info:
+            runtime.predict(_request(RequestInput("x", [2], "FP32", -x)))
+        assert (info.value.status_code, str(info.value)) == (400, "negative")
+    finally:
+        namespace.forget()
+
+
+def test_a_predict_that_waits_goes_on_as_a_task(folder):
+    runtime, namespace = _build(folder, "models.Slow")
+
+    async def scenario():
+        await runtime.load()
+        x = np.array([1.0], dtype=np.float32)
+        pending = runtime.predict(_request(RequestInput("x", [1], "FP32", x), id="s"))
+        assert inspect.isawaitable(pending)
+        answer = await asyncio.ensure_future(pending)
+        assert answer.id == "s" and answer.parameters.headers == {"x-model": "doubler"}
+        assert answer.outputs[0].data.reshape(-1).tolist() == [2.0]
+        with pytest.raises(StatusCodeError):
+            await asyncio.ensure_future(runtime.predict(_request(RequestInput("x", [1], "FP32", -x))))
+        task = asyncio.ensure_future(runtime.predict(_request(RequestInput("x", [1], "FP32", x))))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(scenario())
     finally:
         namespace.forget()
 
