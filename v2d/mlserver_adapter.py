@@ -32,7 +32,7 @@ import inspect
 import os
 import sys
 import uuid
-from typing import Any, AsyncIterator, Dict, List, Optional
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
 import numpy as np
@@ -74,18 +74,19 @@ class _MLServer:
     """The parts of the installed MLServer the adapter uses, imported once."""
 
     def __init__(self) -> None:
-        from mlserver import errors, settings, types
+        from mlserver import errors, settings, types  # type: ignore[import-not-found]
 
         self.types = types
         self.MLServerError = errors.MLServerError
         self.ModelSettings = settings.ModelSettings
-        from mlserver.model import MLModel
+        from mlserver.model import MLModel  # type: ignore[import-not-found]
 
         self.MLModel = MLModel
+        self.context: Optional[Tuple[Any, Any]] = None
         try:
-            from mlserver.context import model_name_var, model_version_var
+            from mlserver.context import model_name_var, model_version_var  # type: ignore[import-not-found]
         except ImportError:  # an MLServer without model contexts
-            self.context = None
+            pass
         else:
             self.context = (model_name_var, model_version_var)
 
@@ -369,7 +370,7 @@ class MLServerRuntime(MLModel):
         return name_var.set(self.model.settings.name), version_var.set(self.model.settings.version or "")
 
     def _leave_context(self, tokens: Any) -> None:
-        if tokens is not None:
+        if tokens is not None and self._api.context is not None:
             name_var, version_var = self._api.context
             name_var.reset(tokens[0])
             version_var.reset(tokens[1])

@@ -52,7 +52,11 @@ def describe(exc: BaseException) -> Dict[str, Any]:
     message = str(exc)
     if isinstance(exc, errors.V2DError):
         own = type(exc).__module__ == errors.__name__
-        described = {"v2d": type(exc).__name__ if own else None, "kind": exc.kind, "message": exc.message}
+        described: Dict[str, Any] = {
+            "v2d": type(exc).__name__ if own else None,
+            "kind": exc.kind,
+            "message": exc.message,
+        }
         status = getattr(exc, "status_code", None)
         if isinstance(status, int):
             described["status_code"] = status
