@@ -25,6 +25,7 @@ import os
 import queue
 import subprocess
 import time
+import urllib.request
 from typing import Dict, Iterator, List
 
 import numpy as np
@@ -85,13 +86,17 @@ np.save(os.path.join(root, "queries.npy"), queries)
 STREAMING = '''
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
-from mlserver.types import InferenceResponse
+from mlserver.types import InferenceResponse, Parameters
 
 
 class CountDown(MLModel):
     async def predict(self, payload):
         start = int(NumpyCodec.decode_input(payload.inputs[0]).reshape(-1)[0])
-        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("count", [start])])
+        return InferenceResponse(
+            model_name=self.name,
+            parameters=Parameters(headers={"x-echo": payload.parameters.headers.get("x-send", "")}),
+            outputs=[NumpyCodec.encode_output("count", np.array([start], np.int32))],
+        )
 
     async def predict_stream(self, payloads):
         async for payload in payloads:
@@ -306,6 +311,26 @@ def test_a_folder_runtime_on_the_real_mlmodel_streams(daemon):
     finally:
         client.stop_stream()
     assert counts == [3, 2, 1]
+
+    start = {"name": "start", "datatype": "INT32", "shape": [1], "data": [2]}
+    body = json.dumps({"inputs": [start]}).encode()
+    url = daemon.url + "/v2/models/countdown/infer_stream"
+    request = urllib.request.Request(url, data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        events = [line for line in response.read().decode().split("\n") if line.startswith("data: ")]
+    assert [json.loads(e[len("data: ") :])["outputs"][0]["data"] for e in events] == [[2], [1]]
+
+
+def test_an_mlserver_runtimes_response_headers_become_http_headers(daemon):
+    if "countdown" not in daemon.names:  # type: ignore[attr-defined]
+        pytest.skip("the folder runtime is served from the server's venv only")
+    body = {"inputs": [{"name": "start", "datatype": "INT32", "shape": [1], "data": [5]}]}
+    status, answer, headers = daemon.post("/v2/models/countdown/infer", body, headers={"X-Send": "hello"})
+    assert status == 200, answer
+    assert answer["outputs"][0]["data"] == [5]
+    assert headers.get("x-echo") == "hello" or headers.get("X-Echo") == "hello", headers
+    assert "parameters" not in answer or "headers" not in answer["parameters"]
 
 
 def test_adaptive_batching_of_an_mlserver_runtime(daemon, trained):
