@@ -163,11 +163,15 @@ def _to_mlserver_parameters(parameters: Optional[Parameters], api: _MLServer) ->
 def _to_v2d_parameters(parameters: Any) -> Optional[Parameters]:
     if parameters is None:
         return None
+    if isinstance(parameters, dict):  # a message built without validation
+        return Parameters(**parameters)
     return Parameters(**parameters.model_dump())
 
 
-def _flat(data: Any) -> Any:
+def _flat(data: Any, datatype: str) -> Any:
     if isinstance(data, np.ndarray):
+        if datatype == "BYTES":  # MLServer's codecs read BYTES as a list
+            return data.reshape(-1).tolist()
         return data.reshape(-1)
     return data
 
@@ -181,7 +185,7 @@ def to_mlserver_request(request: InferenceRequest) -> Any:
             name=i.name,
             shape=list(i.shape),
             datatype=i.datatype,
-            data=t.TensorData.model_construct(root=_flat(i.data)),
+            data=t.TensorData.model_construct(root=_flat(i.data, i.datatype)),
             parameters=_to_mlserver_parameters(i.parameters, api),
         )
         for i in request.inputs

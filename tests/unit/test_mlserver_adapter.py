@@ -90,6 +90,9 @@ def test_bytes_inputs_as_bytes_and_as_str():
     assert StringCodec.decode_input(raw.inputs[0]) == ["café", "x"]
     assert StringCodec.decode_input(text.inputs[0]) == ["café", "x"]
     assert list(raw.inputs[0].data) == [b"caf\xc3\xa9", b"x"]
+    objects = np.array([b"a", b"bc"], dtype=object)
+    array = to_mlserver_request(_request(RequestInput("s", [2], "BYTES", objects)))
+    assert StringCodec.decode_input(array.inputs[0]) == ["a", "bc"]
     encoded = to_mlserver_request(_request(RequestInput("b", [1], "BYTES", [b"aGk="])))
     assert Base64Codec.decode_input(encoded.inputs[0]) == [b"hi"]
 
@@ -181,6 +184,15 @@ def test_response_fields_and_parameters():
     assert converted.parameters.headers == {"X-Out": "1"}
     assert converted.parameters.get("extra_key") == "v"
     assert converted.outputs[0].datatype == "FP32" and converted.outputs[0].parameters is None
+    unvalidated = mltypes.InferenceResponse.model_construct(
+        model_name="m",
+        parameters={"headers": {"a": "b"}},
+        outputs=[mltypes.ResponseOutput.model_construct(
+            name="y", shape=[2], datatype=mltypes.Datatype.INT32, data=np.array([1, 2]))],
+    )
+    loose = to_v2d_response(unvalidated)
+    assert loose.parameters.headers == {"a": "b"}
+    assert loose.outputs[0].datatype == "INT32" and loose.outputs[0].data.dtype == np.int32
 
 
 def test_output_data_that_does_not_fit_its_shape_is_an_internal_error():
