@@ -28,6 +28,7 @@ import; ``mlserver`` is imported only when such a class is served.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import sys
@@ -309,6 +310,9 @@ async def _resolve(value: Any) -> Any:
     return value
 
 
+_AGAIN = object()
+
+
 class _Resumed:
     """The rest of a coroutine that was run up to its first wait (on ``waiting``)."""
 
@@ -350,6 +354,8 @@ class MLServerRuntime(MLModel):
         self._api = _mlserver()
         self.model = cls(to_mlserver_settings(settings))
         self._metadata: Optional[MetadataModelResponse] = None
+        #: Whether ``predict`` must run in a task from its first step (see ``predict``).
+        self._needs_task = False
         super().__init__(settings)
 
     @property
@@ -399,13 +405,21 @@ class MLServerRuntime(MLModel):
 
     def predict(self, payload: InferenceRequest) -> Any:
         """
-        One request, served by the MLServer model. Its ``predict`` is a coroutine: one
-        that finishes without waiting on anything (as the runtime packages' do) is
-        answered at once, with no task; one that waits goes on as a task of its own.
+        One request, served by the MLServer model.
+
+        Its ``predict`` is a coroutine, run at once up to its first wait: one that
+        finishes without waiting on anything (as the runtime packages' do) is answered
+        there, with no task (a task per request costs the worker path over a third of
+        its throughput); one that waits goes on as a task of its own. A coroutine that
+        needs to run inside a task from its first step (``asyncio.timeout``,
+        ``TaskGroup``, ``wait_for`` on Python 3.12) fails that step with RuntimeError:
+        it is then called again as a task, and so is every later request to the model.
         """
         request = to_mlserver_request(payload)
         if request.id is None:
             request.id = str(uuid.uuid4())
+        if self._needs_task:
+            return self._finish(self.model.predict(request), request.id)
         tokens = self._enter_context()
         try:
             pending = self.model.predict(request)
@@ -417,10 +431,17 @@ class MLServerRuntime(MLModel):
                 waiting = pending.send(None)
             except StopIteration as done:
                 return self._answer(done.value, request.id)
+            except RuntimeError:
+                if asyncio.current_task() is not None:
+                    raise
+                self._needs_task = True
+                waiting = _AGAIN
         except self._api.MLServerError as exc:
             raise to_v2d_error(exc) from exc
         finally:
             self._leave_context(tokens)
+        if waiting is _AGAIN:
+            return self._finish(self.model.predict(request), request.id)
         return self._finish(_Resumed(pending, waiting), request.id)
 
     async def _finish(self, pending: Any, request_id: str) -> InferenceResponse:

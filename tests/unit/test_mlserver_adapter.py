@@ -346,6 +346,16 @@ class Slow(Quick):
         return await super().predict(payload)
 
 
+class Bounded(Quick):
+    calls = 0
+
+    async def predict(self, payload):
+        type(self).calls += 1
+        async with asyncio.timeout(5):  # needs a task from the first step
+            await asyncio.sleep(0)
+            return await super().predict(payload)
+
+
 class Chat(Doubler):
     async def predict_stream(self, payloads):
         async for payload in payloads:
@@ -450,6 +460,37 @@ def test_a_predict_that_waits_goes_on_as_a_task(folder):
 
     try:
         asyncio.run(scenario())
+    finally:
+        namespace.forget()
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "timeout"), reason="asyncio.timeout is Python 3.11+")
+def test_a_predict_that_needs_a_task_from_its_first_step_gets_one(folder):
+    runtime, namespace = _build(folder, "models.Bounded")
+
+    async def scenario():
+        await runtime.load()
+        x = np.array([1.0], dtype=np.float32)
+        answers = []
+        loop = asyncio.get_running_loop()
+        called: list = []
+
+        def call():
+            called.append(runtime.predict(_request(RequestInput("x", [1], "FP32", x))))
+
+        for _ in range(3):
+            # as the server calls it: from a loop callback, outside any task
+            loop.call_soon(call)
+            await asyncio.sleep(0)
+            pending = called.pop()
+            assert inspect.isawaitable(pending)
+            answers.append(await asyncio.ensure_future(pending))
+        return answers
+
+    try:
+        answers = asyncio.run(scenario())
+        assert [a.outputs[0].data.reshape(-1).tolist() for a in answers] == [[2.0]] * 3
+        assert type(runtime.model).calls == 4, "called again as a task once, then always as a task"
     finally:
         namespace.forget()
 
