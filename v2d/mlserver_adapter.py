@@ -115,6 +115,17 @@ def _resolve_uri(uri: Optional[str], folder: Optional[str]) -> Optional[str]:
     return os.path.normpath(os.path.join(folder, parsed.path))
 
 
+def _tensor_dict(tensor: MetadataTensor) -> Dict[str, Any]:
+    values: Dict[str, Any] = {
+        "name": tensor.name,
+        "datatype": _datatype(tensor.datatype),
+        "shape": list(tensor.shape),
+    }
+    if tensor.parameters is not None:
+        values["parameters"] = tensor.parameters.to_dict()
+    return values
+
+
 def to_mlserver_settings(settings: Any) -> Any:
     """MLServer's ``ModelSettings`` for v2d's ``ModelSettings`` of the same model."""
     api = _mlserver()
@@ -136,8 +147,8 @@ def to_mlserver_settings(settings: Any) -> Any:
         "implementation": settings.implementation,
         "platform": settings.platform,
         "versions": list(settings.versions),
-        "inputs": [t.to_dict() for t in settings.inputs],
-        "outputs": [t.to_dict() for t in settings.outputs],
+        "inputs": [_tensor_dict(t) for t in settings.inputs],
+        "outputs": [_tensor_dict(t) for t in settings.outputs],
         "max_batch_size": settings.max_batch_size,
         "max_batch_time": settings.max_batch_time,
         "parameters": {k: v for k, v in parameters.items() if v is not None},
@@ -181,16 +192,18 @@ def to_mlserver_request(request: InferenceRequest) -> Any:
     """MLServer's ``InferenceRequest`` for a v2d one (tensor data is not copied)."""
     api = _mlserver()
     t = api.types
-    inputs = [
-        t.RequestInput.model_construct(
-            name=i.name,
-            shape=list(i.shape),
-            datatype=i.datatype,
-            data=t.TensorData.model_construct(root=_flat(i.data, i.datatype)),
-            parameters=_to_mlserver_parameters(i.parameters, api),
+    inputs = []
+    for i in request.inputs:
+        datatype = _datatype(i.datatype)
+        inputs.append(
+            t.RequestInput.model_construct(
+                name=i.name,
+                shape=list(i.shape),
+                datatype=datatype,
+                data=t.TensorData.model_construct(root=_flat(i.data, datatype)),
+                parameters=_to_mlserver_parameters(i.parameters, api),
+            )
         )
-        for i in request.inputs
-    ]
     outputs = None
     if request.outputs is not None:
         outputs = [
