@@ -11,6 +11,11 @@ batching settings); only the runtime file differs (``models/v2d_runtimes.py`` or
 - ``slow-add-one-batched``: the same with adaptive batching (``max_batch_size`` 16,
   ``max_batch_time`` 2 ms).
 
+The scikit-learn case has a folder of its own, ``sklearn`` (``write_sklearn_model``):
+MLServer's ``mlserver_sklearn.SKLearnModel`` (``models/mlserver_sklearn_runtime.py``,
+the same file for both servers) on a logistic regression of x FP32 [1, 16] into three
+classes, trained and saved with joblib by an interpreter that has scikit-learn.
+
 Input data is finite (MLServer fails on NaN, which perf_analyzer's random bytes can
 hold): a JSON file of seeded random values in [0, 1) for the small and 1 MiB tensors,
 zeros for 64 MiB.
@@ -21,13 +26,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Dict, List
+import subprocess
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-__all__ = ["BATCH_SIZE", "BATCH_TIME", "MIB_1", "MIB_64", "SMALL", "write_input_data", "write_repository"]
+__all__ = [
+    "BATCH_SIZE",
+    "BATCH_TIME",
+    "MIB_1",
+    "MIB_64",
+    "SMALL",
+    "write_input_data",
+    "write_repository",
+    "write_sklearn_model",
+]
 
 #: Element counts of the FP32 tensors sent.
 SMALL = 16
@@ -90,6 +105,51 @@ def write_repository(root: str, server: str) -> str:
         with open(os.path.join(folder, "model-settings.json"), "w") as f:
             json.dump(settings, f, indent=2)
     return root
+
+
+_TRAIN = """
+import sys
+import joblib
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+rng = np.random.default_rng(16)
+X = rng.random((600, %d), dtype=np.float32)
+y = (X[:, :4].sum(axis=1) > 2).astype(int) + (X[:, 4] > 0.6).astype(int)
+joblib.dump(LogisticRegression(max_iter=1000).fit(X, y), sys.argv[1])
+""" % SMALL
+
+
+def write_sklearn_model(
+    root: str, python: str, environment_path: Optional[str] = None, model_file: Optional[str] = None
+) -> str:
+    """
+    Write the ``sklearn`` folder under ``root``: the model is trained with ``python``
+    (which has scikit-learn), or copied from ``model_file``; ``environment_path`` goes
+    into its parameters. Returns the saved model's path.
+    """
+    folder = os.path.join(root, "sklearn")
+    os.makedirs(folder, exist_ok=True)
+    runtime = os.path.join(HERE, "models", "mlserver_sklearn_runtime.py")
+    shutil.copyfile(runtime, os.path.join(folder, "models.py"))
+    model = os.path.join(folder, "model.joblib")
+    if model_file:
+        shutil.copyfile(model_file, model)
+    else:
+        subprocess.run([python, "-c", _TRAIN, model], check=True, stdin=subprocess.DEVNULL)
+    parameters: Dict[str, Any] = {"uri": "./model.joblib"}
+    if environment_path:
+        parameters["environment_path"] = environment_path
+    settings = {
+        "name": "sklearn",
+        "implementation": "models.BenchSKLearnModel",
+        "inputs": [_tensor("x", [1, SMALL])],
+        "outputs": [{"name": "predict", "datatype": "INT64", "shape": [1, 1]}],
+        "parameters": parameters,
+    }
+    with open(os.path.join(folder, "model-settings.json"), "w") as f:
+        json.dump(settings, f, indent=2)
+    return model
 
 
 def write_input_data(root: str) -> Dict[str, str]:

@@ -38,7 +38,14 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from benchmarks.loadgen import H2load, Load, Measurement, PerfAnalyzer, Wrk, perf_analyzer  # noqa: E402
-from benchmarks.repository import MIB_1, MIB_64, SMALL, write_input_data, write_repository  # noqa: E402
+from benchmarks.repository import (  # noqa: E402
+    MIB_1,
+    MIB_64,
+    SMALL,
+    write_input_data,
+    write_repository,
+    write_sklearn_model,
+)
 from benchmarks.servers import (  # noqa: E402
     CeilingServer,
     MLServerPeer,
@@ -85,6 +92,23 @@ def mlserver_python(cache: str, base_python: str) -> str:
     return python
 
 
+def write_sklearn_repositories(work: str, peer_python: str, peer_models: str) -> Dict[str, str]:
+    """
+    The sklearn case's model, trained once with the peer's interpreter, in the peer's
+    repository and in two of v2d's: ``env`` (its ``environment_path`` is the peer's venv,
+    so a worker runs it there) and ``inproc`` (for v2d running in a venv with MLServer).
+    """
+    prefix = subprocess.run(
+        [peer_python, "-c", "import sys; print(sys.prefix)"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    model = write_sklearn_model(peer_models, peer_python)
+    env = os.path.join(work, "v2d-sklearn-env")
+    inproc = os.path.join(work, "v2d-sklearn-inproc")
+    write_sklearn_model(env, peer_python, environment_path=prefix, model_file=model)
+    write_sklearn_model(inproc, peer_python, model_file=model)
+    return {"env": env, "inproc": inproc}
+
+
 def debian_tools(*commands: str) -> None:
     """Install the Debian packages of wrk / h2load when they are missing (as root)."""
     packages = {"wrk": "wrk", "h2load": "nghttp2-client"}
@@ -118,6 +142,8 @@ SERVERS: Dict[str, str] = {
     "mls-nodebug": "MLServer 1 worker, debug off",
     "mls-inproc-nodebug": "MLServer in-process, debug off",
     "ceiling": "twisted.web ceiling",
+    "v2d-mls-env": "v2d, the model in MLServer's venv (environment_path, 1 worker)",
+    "v2d-mls": "v2d in a venv with MLServer, in-process",
 }
 
 
@@ -277,6 +303,38 @@ def build_cases(data: Dict[str, str], quick: bool) -> List[Case]:
         )
     )
 
+    # MLServer's own runtime package (mlserver-sklearn) served by both servers
+    sklearn = dict(model="sklearn", input_data=data["small"], elements=SMALL)
+    for transport in ("rest", "grpc"):
+        entries = [entry("v2d-mls-env"), entry("v2d-mls"), entry("mls"), entry("mls-inproc")]
+        cases.append(
+            Case(
+                key=f"sklearn-{transport}-c16",
+                title=f"mlserver-sklearn [1,16] {transport.upper()} c16",
+                load=Load(transport=transport, concurrency=16, **sklearn),  # type: ignore[arg-type]
+                entries=entries,
+                tags=("sklearn", transport, "c16"),
+                targets=[
+                    Target(
+                        "v2d-mls-env",
+                        "mls",
+                        2.0,
+                        f"mlserver-sklearn {transport} c16: v2d (1 worker) >= 2x MLServer defaults",
+                        "v2d env",
+                    ),
+                    # in-process, both servers spend the same scikit-learn time on one
+                    # core; v2d saves only its own part: shown, not a target
+                    Target(
+                        "v2d-mls",
+                        "mls-inproc",
+                        None,
+                        f"mlserver-sklearn {transport} c16: v2d in-process / MLServer in-process",
+                        "v2d in-proc",
+                    ),
+                ],
+            )
+        )
+
     batching = [
         entry("v2d", "batching on", model="slow-add-one-batched"),
         entry("v2d", "batching off", model="slow-add-one"),
@@ -305,7 +363,7 @@ def build_cases(data: Dict[str, str], quick: bool) -> List[Case]:
     )
     # small to big: a server's RSS never shrinks much, so a case's peak RSS includes
     # what the smaller cases before it left behind, never what a bigger one did
-    sizes = ["small", "batching", "1mib", "64mib"]
+    sizes = ["small", "sklearn", "batching", "1mib", "64mib"]
     return sorted(cases, key=lambda c: sizes.index(c.tags[0]))
 
 
@@ -325,9 +383,20 @@ def select(cases: List[Case], only: List[str], servers: Optional[List[str]]) -> 
 
 
 def start_servers(
-    keys: Sequence[str], v2d_models: str, peer_models: str, peer_python: str
+    keys: Sequence[str], v2d_models: str, peer_models: str, peer_python: str, sklearn: Dict[str, str]
 ) -> Dict[str, Server]:
+    """Start the servers ``keys``; ``sklearn`` has the repositories (and venv) of the sklearn case."""
+
+    def v2d_in_mlserver_venv() -> Server:
+        from tests.support.mlserver_env import mlserver_venv
+
+        python = os.path.join(mlserver_venv(), "bin", "python")
+        twistd = [python, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
+        return V2dServer(SERVERS["v2d-mls"], sklearn["inproc"], workers=0, command=twistd)
+
     factories: Dict[str, Callable[[], Server]] = {
+        "v2d-mls-env": lambda: V2dServer(SERVERS["v2d-mls-env"], sklearn["env"], workers=0),
+        "v2d-mls": v2d_in_mlserver_venv,
         "v2d": lambda: V2dServer(SERVERS["v2d"], v2d_models, workers=0),
         "v2d-w1": lambda: V2dServer(SERVERS["v2d-w1"], v2d_models, workers=1),
         "mls": lambda: MLServerPeer(SERVERS["mls"], peer_python, peer_models, 1, True),
@@ -624,13 +693,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             legend = "~ = h2load (mean latency as p50)"
 
         keys = [k for k in SERVERS if any(e.server == k for c in cases for e in c.entries)]
+        with_sklearn = any("sklearn" in c.tags for c in cases)
         peer_python = ""
-        if any(k.startswith("mls") for k in keys):
+        if with_sklearn or any(k.startswith("mls") for k in keys):
             peer_python = args.mlserver_python or mlserver_python(cache, sys.executable)
         v2d_models = write_repository(os.path.join(work, "v2d-models"), "v2d")
         peer_models = write_repository(os.path.join(work, "mlserver-models"), "mlserver")
+        sklearn = write_sklearn_repositories(work, peer_python, peer_models) if with_sklearn else {}
         info = machine()
-        started = start_servers(keys, v2d_models, peer_models, peer_python)
+        started = start_servers(keys, v2d_models, peer_models, peer_python, sklearn)
         say(f"{len(cases)} cases, {rounds} round(s); {settings}")
         fallback = None
         if command is not None and shutil.which("wrk") and shutil.which("h2load"):

@@ -136,14 +136,16 @@ class Server:
 
 
 class V2dServer(Server):
-    """``twistd -n v2d`` on the generated model repository."""
+    """``twistd -n v2d`` on a generated model repository (``command``: another interpreter's twistd)."""
 
     kind = "v2d"
 
-    def __init__(self, label: str, models: str, workers: int = 0) -> None:
+    def __init__(
+        self, label: str, models: str, workers: int = 0, command: Optional[List[str]] = None
+    ) -> None:
         self.label = label
         self.workers = workers
-        self.daemon = Daemon(models, "--workers", str(workers), grpc=True)
+        self.daemon = Daemon(models, "--workers", str(workers), grpc=True, command=command)
         self.http_port = self.daemon.http_port
         self.grpc_address = self.daemon.grpc_address
 

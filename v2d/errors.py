@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = [
     "FailedPrecondition",
     "HTTP_STATUS_OF_KIND",
+    "KIND_OF_STATUS",
     "InferenceError",
     "Internal",
     "InvalidArgument",
@@ -25,6 +26,7 @@ __all__ = [
     "ModelNotReady",
     "NotFound",
     "PayloadTooLarge",
+    "StatusCodeError",
     "Unavailable",
     "Unimplemented",
     "V2DError",
@@ -40,22 +42,23 @@ HTTP_STATUS_OF_KIND = {
     "RESOURCE_EXHAUSTED": 413,
     "UNAVAILABLE": 503,
     "INTERNAL": 500,
+    "UNKNOWN": 500,
+}
+
+
+#: The kinds of the HTTP statuses an error may carry, as MLServer maps them to gRPC
+#: codes; any other status is UNKNOWN over gRPC (and itself over REST).
+KIND_OF_STATUS = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    422: "FAILED_PRECONDITION",
+    500: "INTERNAL",
 }
 
 
 def kind_of_status(status_code: int) -> str:
-    """The kind an HTTP status stands for (4xx other than 404/413 are INVALID_ARGUMENT)."""
-    if status_code == 404:
-        return "NOT_FOUND"
-    if status_code == 413:
-        return "RESOURCE_EXHAUSTED"
-    if status_code in (501,):
-        return "UNIMPLEMENTED"
-    if status_code in (502, 503, 504):
-        return "UNAVAILABLE"
-    if 400 <= status_code < 500:
-        return "INVALID_ARGUMENT"
-    return "INTERNAL"
+    """The kind (so the gRPC code) of an HTTP status, by MLServer's table; else UNKNOWN."""
+    return KIND_OF_STATUS.get(status_code, "UNKNOWN")
 
 
 class V2DError(Exception):
@@ -184,3 +187,7 @@ class Internal(V2DError):
     """A runtime failed; the message is the exception's."""
 
     kind = "INTERNAL"
+
+
+#: An error carrying its own HTTP status (``MLServerError`` under a name of v2d's).
+StatusCodeError = MLServerError

@@ -11,7 +11,8 @@ each other's, and a reload compiles the current source afresh (no stale bytecode
 This works by giving the folder's modules their own ``__builtins__`` whose
 ``__import__`` maps the folder's top-level names into the private package; imports
 of anything else go through Python's ordinary machinery. ``importlib.import_module``
-called with a bare name inside model code is not remapped.
+called with a bare name inside model code is not remapped. An ``implementation`` whose
+top-level module is not in the folder is imported as installed (a runtime package).
 
 Code written for MLServer works as it is: when the real ``mlserver`` package is not
 installed (in this interpreter: the server's, or a worker's environment), ``import
@@ -110,18 +111,21 @@ class ModelNamespace:
         return _real_import(name, globals, locals, fromlist, level)
 
     def import_object(self, dotted: str) -> Any:
-        """Import ``module.attr`` (or ``package.module.attr``) from the folder."""
+        """
+        Import ``module.attr`` (or ``package.module.attr``) from the folder; a module
+        the folder does not have is imported as installed (``mlserver_sklearn.SKLearnModel``).
+        """
         module_name, _, attr = dotted.rpartition(".")
         if not module_name or not attr:
             raise ImplementationError(
                 f"implementation {dotted!r} must be a dotted path 'module.Class' inside the model folder"
+                " or in an installed package"
             )
         top = module_name.partition(".")[0]
-        if top not in self.top_names:
-            raise ImplementationError(
-                f"implementation {dotted!r}: no module '{top}' in model folder {self.folder}"
-            )
-        module = importlib.import_module(f"{self.package}.{module_name}")
+        if top in self.top_names:
+            module = importlib.import_module(f"{self.package}.{module_name}")
+        else:
+            module = _import_installed(dotted, module_name, self.folder)
         try:
             return getattr(module, attr)
         except AttributeError:
@@ -135,6 +139,20 @@ class ModelNamespace:
         for name in [n for n in sys.modules if n == self.package or n.startswith(prefix)]:
             del sys.modules[name]
         _namespaces.pop(self.key, None)
+
+
+def _import_installed(dotted: str, module_name: str, folder: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or module_name
+        if module_name != missing and not module_name.startswith(missing + "."):
+            raise  # the module exists; something it imports does not
+        top = module_name.partition(".")[0]
+        raise ImplementationError(
+            f"implementation {dotted!r}: no module '{top}' in model folder {folder},"
+            f" and no installed module '{module_name}'"
+        ) from None
 
 
 class _FolderLoader(importlib.abc.Loader):

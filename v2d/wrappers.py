@@ -4,7 +4,8 @@
 ``LocalModel`` runs a runtime in this process: whatever its methods return (a plain
 value, a Deferred, an asyncio awaitable), the wrapper answers with Deferreds. The
 ``LocalModelFactory`` imports a model folder's implementation in its own private
-namespace (v2d.importer) and builds it.
+namespace and builds it (v2d.runtimes; a subclass of the real ``mlserver.MLModel``
+is served through v2d.mlserver_adapter).
 """
 
 from __future__ import annotations
@@ -20,31 +21,13 @@ from v2d.aio import call
 from v2d.custom_metrics import ModelContext, model_context
 from v2d.handlers._arguments import call_handler
 from v2d.handlers.custom import HandlerRoute, handler_routes
-from v2d.importer import ModelNamespace, load_implementation
+from v2d.importer import ModelNamespace
 from v2d.interfaces import ICustomHandlers, IModel, IModelFactory
+from v2d.runtimes import build_runtime, is_streaming
 from v2d.settings import ModelSettings
 from v2d.types import InferenceRequest, MetadataModelResponse
 
 __all__ = ["LocalModel", "LocalModelFactory", "build_runtime"]
-
-
-def build_runtime(settings: ModelSettings) -> tuple:
-    """
-    Import and instantiate a model's runtime from its folder.
-
-    Returns (runtime, namespace). Raises whatever the import or constructor raised.
-    """
-    cls, namespace = load_implementation(settings.folder or ".", settings.implementation, settings.name)
-    try:
-        if not callable(cls):
-            raise TypeError(f"implementation {settings.implementation!r} is not a class")
-        runtime = cls(settings)
-        if not callable(getattr(runtime, "predict", None)):
-            raise TypeError(f"implementation {settings.implementation!r} has no predict() method")
-    except BaseException:
-        namespace.forget()
-        raise
-    return runtime, namespace
 
 
 @implementer(IModel, ICustomHandlers)
@@ -91,10 +74,7 @@ class LocalModel:
     @property
     def streaming(self) -> bool:
         """Whether the runtime overrides ``predict_stream``."""
-        from v2d.runtime import MLModel
-
-        method = getattr(type(self.runtime), "predict_stream", None)
-        return method is not None and method is not MLModel.predict_stream
+        return is_streaming(self.runtime)
 
     def load(self) -> Deferred:
         def loaded(result: Any) -> bool:

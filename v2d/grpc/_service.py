@@ -48,6 +48,7 @@ STATUS_OF_KIND: Dict[str, grpc.StatusCode] = {
     "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "UNIMPLEMENTED": grpc.StatusCode.UNIMPLEMENTED,
     "INTERNAL": grpc.StatusCode.INTERNAL,
+    "UNKNOWN": grpc.StatusCode.UNKNOWN,
 }
 
 

@@ -165,7 +165,7 @@ def bind_arguments(
 
 def call_handler(runtime: Any, attribute: str, has_body: bool, body: Any, query: Dict[str, List[str]]) -> Any:
     """Call the runtime's custom handler ``attribute`` with a request's body and query; its result."""
-    method = getattr(runtime, attribute, None)
+    method = getattr(getattr(runtime, "custom_handler_target", runtime), attribute, None)
     if not callable(method):
         raise InvalidArgument(f"model has no custom handler {attribute!r}")
     args, kwargs = bind_arguments(method, has_body, body, query)

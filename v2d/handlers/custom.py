@@ -83,7 +83,12 @@ def get_custom_handlers(model: Any) -> List[Tuple[Any, _Method]]:
 
 
 def handler_routes(model: Any) -> List[HandlerRoute]:
-    """The routes of ``model``'s custom handlers (method upper-cased, as HTTP has it)."""
+    """
+    The routes of ``model``'s custom handlers (method upper-cased, as HTTP has it). A
+    runtime that wraps another (an MLServer model, v2d.mlserver_adapter) names it as
+    its ``custom_handler_target``.
+    """
+    model = getattr(model, "custom_handler_target", model)
     return [
         HandlerRoute(method=marker.rest_method.upper(), path=marker.rest_path, attribute=name)
         for name, marker in _marked_attributes(model)

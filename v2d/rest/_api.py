@@ -63,7 +63,7 @@ log = Logger()
 
 
 def _error(request: Any, exc: V2DError) -> bytes:
-    request.setResponseCode(exc.status_code)
+    request.setResponseCode(exc.status_code)  # by kind, or an MLServerError's own status
     request.setHeader(b"content-type", _JSON)
     return error_body(exc.message)
 

@@ -65,13 +65,6 @@ async def _resolve(value: Any) -> Any:
     return value
 
 
-def _streams(runtime: Any) -> bool:
-    from v2d.runtime import MLModel
-
-    method = getattr(type(runtime), "predict_stream", None)
-    return method is not None and method is not MLModel.predict_stream
-
-
 class ChildMetrics:
     """
     The sink of the custom metrics logged in this child: kept until the next flush,
@@ -225,17 +218,11 @@ class ChildServer:
         task.add_done_callback(lambda _: self.tasks.pop(rid, None))
 
     async def _load(self, rid: int, settings: Any) -> None:
-        from v2d.importer import load_implementation
+        from v2d.runtimes import build_runtime, is_streaming
 
         try:
-            folder = settings.folder or "."
-            cls, namespace = load_implementation(folder, settings.implementation, settings.name)
+            runtime, namespace = build_runtime(settings)
             try:
-                if not callable(cls):
-                    raise TypeError(f"implementation {settings.implementation!r} is not a class")
-                runtime = cls(settings)
-                if not callable(getattr(runtime, "predict", None)):
-                    raise TypeError(f"implementation {settings.implementation!r} has no predict() method")
                 result = await _resolve(runtime.load())
             except BaseException:
                 namespace.forget()
@@ -247,7 +234,7 @@ class ChildServer:
             info = {
                 "ready": ready,
                 "metadata": runtime.metadata(),
-                "streaming": _streams(runtime),
+                "streaming": is_streaming(runtime),
                 "wires": sorted(_encodings()),
                 "handlers": handler_routes(runtime),
             }
