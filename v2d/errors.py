@@ -102,7 +102,7 @@ class MLServerError(V2DError):
 
 
 def _rebuild_mlserver_error(cls: type, message: str, status_code: int) -> "MLServerError":
-    error = MLServerError.__new__(cls)
+    error: MLServerError = MLServerError.__new__(cls)
     MLServerError.__init__(error, message, status_code)
     return error
 

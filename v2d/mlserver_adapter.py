@@ -137,6 +137,7 @@ def to_mlserver_settings(settings: Any) -> Any:
         "environment_tarball": params.environment_tarball,
         "environment_path": params.environment_path,
         "content_type": params.content_type,
+        "format": getattr(params, "format", None),
     }
     for key in _PARAMETER_FIELDS:
         if key in extra:
@@ -144,7 +145,7 @@ def to_mlserver_settings(settings: Any) -> Any:
     parameters["extra"] = extra
     values: Dict[str, Any] = {
         "name": settings.name,
-        "implementation": settings.implementation,
+        "implementation": getattr(settings, "implementation_", settings.implementation),
         "platform": settings.platform,
         "versions": list(settings.versions),
         "inputs": [_tensor_dict(t) for t in settings.inputs],

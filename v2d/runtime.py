@@ -37,11 +37,15 @@ async def _settled(result: Any) -> Any:
 
         future = asyncio.get_running_loop().create_future()
 
+        def succeed(value: Any) -> None:
+            if not future.done():
+                future.set_result(value)
+
         def fail(failure: Any) -> None:
             if not future.done():
                 future.set_exception(failure.value)
 
-        result.addCallbacks(lambda value: future.done() or future.set_result(value), fail)
+        result.addCallbacks(succeed, fail)
         return await future
     if inspect.isawaitable(result):
         return await result

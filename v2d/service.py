@@ -37,7 +37,7 @@ __all__ = ["V2DService", "workers_for"]
 
 
 def workers_for(settings: Settings, model: ModelSettings) -> int:
-    """How many worker processes a model gets (0: in-process); see API.md ``--workers``."""
+    """How many worker processes a model gets (0: in-process); see ``--workers`` in docs/settings.md."""
     if model.parallel_workers is not None:
         return model.parallel_workers
     has_environment = bool(model.parameters.environment_tarball or model.parameters.environment_path)

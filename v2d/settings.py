@@ -398,7 +398,7 @@ def _is_null(value: Any) -> bool:
 
 @dataclass
 class Settings:
-    """The server's settings; see API.md for each option."""
+    """The server's settings; docs/settings.md describes each."""
 
     models: str = "./models"
     rest: List[str] = field(default_factory=lambda: ["tcp:8080"])

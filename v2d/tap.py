@@ -111,7 +111,7 @@ _CORS_LISTS = ("allow_origins", "allow_methods", "allow_headers", "expose_header
 
 
 class Options(usage.Options):
-    """Command-line options of ``twistd v2d``; see API.md."""
+    """Command-line options of ``twistd v2d``; docs/settings.md describes each."""
 
     synopsis = "[options]"
     longdesc = (

@@ -201,6 +201,7 @@ class TensorData:
     """
 
     __slots__ = ("root",)
+    root: Any
 
     def __init__(self, root: Any = None) -> None:
         self.root = root.root if isinstance(root, TensorData) else root
@@ -496,7 +497,8 @@ class RequestInput(_Message):
 
     _NESTED = {"parameters": (Parameters, False)}
 
-    __post_init__ = _tidy_tensor
+    def __post_init__(self) -> None:
+        _tidy_tensor(self)
 
 
 @dataclass(eq=False)
@@ -508,7 +510,8 @@ class RequestOutput(_Message):
 
     _NESTED = {"parameters": (Parameters, False)}
 
-    __post_init__ = _tidy_parameters
+    def __post_init__(self) -> None:
+        _tidy_parameters(self)
 
 
 @dataclass(eq=False)
@@ -523,7 +526,8 @@ class ResponseOutput(_Message):
 
     _NESTED = {"parameters": (Parameters, False)}
 
-    __post_init__ = _tidy_tensor
+    def __post_init__(self) -> None:
+        _tidy_tensor(self)
 
 
 @dataclass(eq=False)
@@ -541,7 +545,8 @@ class InferenceRequest(_Message):
         "outputs": (RequestOutput, True),
     }
 
-    __post_init__ = _tidy_parameters
+    def __post_init__(self) -> None:
+        _tidy_parameters(self)
 
 
 @dataclass(eq=False)
@@ -556,7 +561,8 @@ class InferenceResponse(_Message):
 
     _NESTED = {"parameters": (Parameters, False), "outputs": (ResponseOutput, True)}
 
-    __post_init__ = _tidy_parameters
+    def __post_init__(self) -> None:
+        _tidy_parameters(self)
 
 
 @dataclass(eq=False)
@@ -570,7 +576,8 @@ class MetadataTensor(_Message):
 
     _NESTED = {"parameters": (Parameters, False)}
 
-    __post_init__ = _tidy_tensor
+    def __post_init__(self) -> None:
+        _tidy_tensor(self)
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form of the protocol."""

@@ -53,6 +53,7 @@ class AsyncManager:
         return self._backend
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:
+        loop: asyncio.AbstractEventLoop
         if self._backend is EventLoopBackend.UVLOOP:
             import uvloop
 

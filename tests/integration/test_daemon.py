@@ -1,7 +1,7 @@
 """
 The daemon end to end: a real ``twistd v2d`` on loopback, called over real HTTP.
 
-The runtimes here are written only from API.md: the advanced interface, decode_args,
+The runtimes here use only the public API (README): the advanced interface, decode_args,
 headers, two models with the same module names, a broken model beside working ones,
 unload/load through the repository API (picking up changed code), and a battery of
 bad requests after which the server still serves.

@@ -72,7 +72,7 @@ def _describe(exc: BaseException) -> Dict[str, Any]:
     return {"type": type(exc).__name__, "message": message}
 
 
-def _same_message(cls: type, message: str, status_code: Any) -> Exception:
+def _same_message(cls: Any, message: str, status_code: Any) -> Exception:
     """An instance of v2d's error class ``cls`` with ``message`` as it was (constructors
     such as ``ModelNotFound(name)`` build their message; this one is already built)."""
     exc = cls.__new__(cls)
