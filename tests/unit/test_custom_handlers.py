@@ -342,8 +342,6 @@ def test_unload_removes_the_routes_and_load_brings_them_back(served):
     "path, method, reason",
     [
         ("/sum", "POST", "POST /sum is already served by model 'handlers'"),
-        ("/v2/health/live", "GET", "GET /v2/health/live is one of the server's own endpoints"),
-        ("/metrics", "GET", "GET /metrics is one of the server's own endpoints"),
         ("/items/{id}", "GET", "has path parameters"),
         ("relative", "POST", "must start with '/'"),
     ],
@@ -360,6 +358,20 @@ def test_a_model_whose_handler_cannot_be_mounted_fails_to_load(served, path, met
     assert entry["state"] == "UNAVAILABLE" and reason in entry["reason"]
     assert call(stub, "POST", "/sum", [2]) == (200, 2), "the first model keeps its route"
     assert sorted(r.path for r in routes) == ["/deferred", "/fail", "/scale", "/sum"]
+
+
+@pytest.mark.parametrize("path, method", [("/v2/health/live", "GET"), ("/metrics", "GET"),
+                                          ("/v2/models/other/config", "GET")])
+def test_a_handler_at_one_of_the_servers_endpoints_is_left_out(served, path, method):
+    """A runtime written for MLServer may add an endpoint MLServer lacks (a /config): v2d keeps its own."""
+    stub, dataplane, routes, root = served
+    write_model(root, "other", "models.Other", f"PATH = {path!r}\nMETHOD = {method!r}\n" + OTHER)
+    loaded: List[Any] = []
+    dataplane.load_model("other").addBoth(loaded.append)
+    assert loaded and not hasattr(loaded[0], "value"), loaded
+    entry = [e for e in dataplane.repository_index() if e["name"] == "other"][0]
+    assert entry["state"] == "READY"
+    assert path not in [r.path for r in routes]
 
 
 def test_a_reload_replaces_the_models_routes(served):
@@ -385,7 +397,7 @@ def test_a_reload_replaces_the_models_routes(served):
     assert [r.path for r in routes] == ["/sum"]
 
 
-def test_mount_is_all_or_nothing():
+def test_a_handler_at_a_reserved_path_is_left_out_and_the_others_mounted():
     routes = CustomRoutes(reserved=lambda method, path: path == "/taken")
 
     class Model:
@@ -397,9 +409,8 @@ def test_mount_is_all_or_nothing():
 
     model = Model()
     directlyProvides(model, ICustomHandlers)
-    with pytest.raises(FailedPrecondition, match="POST /taken is one of the server's own endpoints"):
-        routes.mount("m", "", model)
-    assert len(routes) == 0
+    routes.mount("m", "", model)
+    assert [r.path for r in routes] == ["/free"], "v2d's own endpoint is kept, the rest mounted"
 
 
 def test_fastapis_own_markers_when_it_is_installed():

@@ -219,6 +219,18 @@ class CustomRoutes:
         for handler in handlers:
             method, path = str(handler.method).upper(), handler.path
             key = (method.encode("ascii", "replace"), str(path).encode("utf-8"))
+            if _check_path(path) is None and self.reserved(method, path):
+                # v2d serves that endpoint itself (a runtime written for MLServer may
+                # add one MLServer lacks, such as a model's /config): keep v2d's.
+                self.log.warn(
+                    "model {model}: custom handler {attribute}() is not mounted: "
+                    "{method} {path} is one of the server's own endpoints, which v2d serves",
+                    model=name,
+                    attribute=handler.attribute,
+                    method=method,
+                    path=path,
+                )
+                continue
             problem = _check_path(path) or self._conflict(owner, key, planned, handler.attribute)
             if problem is not None:
                 raise FailedPrecondition(f"custom handler {handler.attribute}() of model '{name}': {problem}")
