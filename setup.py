@@ -50,7 +50,9 @@ setup(
         "test": [
             "pytest>=8.0",
             "treq>=23.11.0",
-            "tritonclient[http,grpc]>=2.41",
+            # 2.42 and later cap grpcio below 1.68, under what v2d installs: this bound
+            # keeps pip from backtracking through every release to find that out.
+            "tritonclient[http,grpc]>=2.41,<2.42",
             "grpcio-tools>=1.66.0",
             "build>=1.2",
             "kubernetes-validate>=1.28",

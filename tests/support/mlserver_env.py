@@ -1,7 +1,7 @@
 """
 A virtualenv holding MLServer 1.7.1 and its scikit-learn and XGBoost runtime packages.
 
-Built once and kept under ``~/.cache/v2d-tests`` (``V2D_TEST_CACHE`` moves it), keyed
+Built once and kept under the system temp dir, ``v2d-tests-<uid>`` (``V2D_TEST_CACHE`` moves it), keyed
 by its requirements and Python, so a test session reuses it. It also holds v2d's own
 dependencies, so a ``twistd v2d`` can run in it (with v2d from the checkout on
 ``PYTHONPATH``); packed with venv-pack it is a model's ``environment_tarball``.
@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from typing import List
 
 __all__ = [
@@ -50,7 +51,7 @@ def v2d_requirements() -> List[str]:
 
 def cache_dir() -> str:
     """Where built test environments are kept."""
-    root = os.environ.get("V2D_TEST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "v2d-tests")
+    root = os.environ.get("V2D_TEST_CACHE") or os.path.join(tempfile.gettempdir(), f"v2d-tests-{os.getuid()}")
     os.makedirs(root, exist_ok=True)
     return root
 
