@@ -12,6 +12,7 @@ waits for it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -34,6 +35,20 @@ from v2d.settings import ModelSettings, Settings
 from v2d.wrappers import LocalModelFactory
 
 __all__ = ["V2DService", "workers_for"]
+
+
+def start_failure_reason(error: BaseException) -> Optional[str]:
+    """One line for a start-up failure the operator can fix (a port in use), else None."""
+    from twisted.internet.error import CannotListenError
+
+    if isinstance(error, CannotListenError):
+        why = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        where = f"{error.interface or '0.0.0.0'}:{error.port}"
+        return f"cannot listen on {where} (REST): {why.lower()}; is another server using the port?"
+    bound = re.search(r"[Ff]ailed to bind to address (\S+?);", str(error))  # grpc.aio's words
+    if bound is not None:
+        return f"cannot listen on {bound.group(1)} (gRPC): the address is in use or not available here"
+    return None
 
 
 def workers_for(settings: Settings, model: ModelSettings) -> int:
@@ -171,7 +186,11 @@ class V2DService(Service):
         return self.grpc_server.start()
 
     def _failed_start(self, failure: Any) -> None:
-        self.log.failure("v2d failed to start", failure)
+        reason = start_failure_reason(failure.value)
+        if reason is None:
+            self.log.failure("v2d failed to start", failure)
+        else:  # one line, no traceback: the operator can fix this
+            self.log.critical("v2d failed to start: {reason}", reason=reason)
         # twistd always exits 0 once its reactor stops; a daemon that could not start
         # must exit non-zero so that systemd, Docker or Kubernetes see the failure.
         # (A listen can fail before the reactor runs: stop it as soon as it does.)

@@ -254,6 +254,11 @@ class Options(usage.Options):
         """CORS: a response header browsers may read; repeatable."""
         self["expose_headers"].append(header)
 
+    def opt_version(self) -> None:
+        """Print v2d's version and its key dependencies', then exit."""
+        print(version_text())
+        raise SystemExit(0)
+
     def parseOptions(self, options: Any = None) -> None:
         """Parse; a bad option or setting exits with v2d's lines only (twistd would add its usage text)."""
         try:
@@ -301,12 +306,43 @@ class Options(usage.Options):
             "root_path": self["root-path"],
             "cors_settings": cors or None,
         }
-        self["settings"] = Settings.load(config, environ, overrides, defaults)
+        settings = self["settings"] = Settings.load(config, environ, overrides, defaults)
+        # A bare port is a TCP port, as for ``twistd web --listen``.
+        settings.rest = [f"tcp:{d}" if d.strip().isdigit() else d for d in settings.rest]
+        if settings.metrics and settings.metrics.strip().isdigit():
+            settings.metrics = f"tcp:{settings.metrics.strip()}"
         reactor = install_asyncio_reactor(self["settings"].event_loop)
         parent = getattr(self, "parent", None)
         if parent is not None and "reactorName" in parent and "reactor" not in parent:
             parent["reactor"] = reactor
         check_endpoints(reactor, self["settings"])
+
+
+def missing_models_folder(settings: Settings) -> str:
+    """Why the server must not start for want of its models folder, or ''."""
+    if settings.load_models_at_startup and not os.path.isdir(settings.models):
+        return (
+            f"field 'models': no folder {settings.models!r} (create it, or name the folder holding "
+            "your model folders with --models)"
+        )
+    return ""
+
+
+def version_text() -> str:
+    """``v2d X`` and the versions of what it runs on, one line."""
+    import platform
+    from importlib import metadata
+
+    from v2d import __version__
+
+    parts = []
+    for name in ("twisted", "klein", "grpcio", "protobuf", "numpy"):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    parts.append(f"Python {platform.python_version()}")
+    return f"v2d {__version__} ({', '.join(parts)})"
 
 
 def check_endpoints(reactor: Any, settings: Settings) -> None:
@@ -337,6 +373,9 @@ def makeService(options: Options) -> IService:
     from v2d.service import V2DService
 
     settings = options["settings"]
+    missing = missing_models_folder(settings)
+    if missing:
+        raise SystemExit(f"v2d: {missing}")
     if options.get("found_config"):
         Logger().info(
             "serving {folder} with its {config}, as mlserver start would",
