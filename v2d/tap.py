@@ -318,6 +318,16 @@ class Options(usage.Options):
         check_endpoints(reactor, self["settings"])
 
 
+def _tidy_help(options: List[List[Any]]) -> None:
+    """Drop the final period of a help text twistd follows with ". <coercer's rule>"."""
+    for option in options:
+        if len(option) > 4 and getattr(option[4], "coerceDoc", "") and str(option[3]).endswith("."):
+            option[3] = option[3][:-1]
+
+
+_tidy_help(Options.optParameters)
+
+
 def missing_models_folder(settings: Settings) -> str:
     """Why the server must not start for want of its models folder, or ''."""
     if settings.load_models_at_startup and not os.path.isdir(settings.models):
