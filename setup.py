@@ -65,6 +65,7 @@ setup(
     entry_points={
         "console_scripts": [
             "v2d-build=v2d.build.cli:main",
+            "v2d=v2d.cli:main",
         ],
     },
     classifiers=[

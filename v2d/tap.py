@@ -321,7 +321,7 @@ class Options(usage.Options):
 def _tidy_help(options: List[List[Any]]) -> None:
     """Drop the final period of a help text twistd follows with ". <coercer's rule>"."""
     for option in options:
-        if len(option) > 4 and getattr(option[4], "coerceDoc", "") and str(option[3]).endswith("."):
+        if len(option) > 4 and getattr(option[4], "coerceDoc", None) and str(option[3]).endswith("."):
             option[3] = option[3][:-1]
 
 
