@@ -7,6 +7,7 @@ from typing import Any, List
 import pytest
 from twisted.logger import LogLevel, globalLogPublisher
 
+import v2d.tap
 from v2d.settings import ModelSettings, Settings, SettingsError
 from v2d.tap import Options
 from v2d.wrappers import LocalModel, LoopWatch, ModelThreads, _Timed
@@ -99,7 +100,8 @@ def test_run_in_thread_only_with_threads_and_the_setting():
         ModelSettings.from_dict({"name": "m", "implementation": "x.Y", "run_in_thread": [1]})
 
 
-def test_blocked_loop_warning_option_and_setting():
+def test_blocked_loop_warning_option_and_setting(monkeypatch):
+    monkeypatch.setattr(v2d.tap, "install_asyncio_reactor", lambda event_loop="auto": object())
     options = Options()
     options.parseOptions(["--blocked-loop-warning", "2.5"])
     assert options["settings"].blocked_loop_warning == 2.5
