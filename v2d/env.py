@@ -114,6 +114,9 @@ def _filter_members(tar: tarfile.TarFile, tarball: str) -> tuple:
             raise EnvironmentUnusable(
                 f"environment tarball {tarball}: member {member.name!r} is a device or FIFO"
             )
+        name = "/".join(p for p in parts if p not in ("", "."))
+        if not name:
+            continue
         member.name = name
         if member.issym():
             target = member.linkname
@@ -129,6 +132,7 @@ def _filter_members(tar: tarfile.TarFile, tarball: str) -> tuple:
                 raise EnvironmentUnusable(
                     f"environment tarball {tarball}: hard link {member.name!r} points outside the environment"
                 )
+            member.linkname = posixpath.normpath(member.linkname)
         member.mode &= 0o777  # no setuid, setgid or sticky bits
         keep.append(member)
     return keep, relinks
@@ -224,9 +228,7 @@ class _Tree:
             os.close(fd)
 
     def _hard_link(self, fd: int, base: str, member: tarfile.TarInfo) -> None:
-        source = member.linkname
-        while source.startswith("./"):
-            source = source[2:]
+        source = member.linkname  # normalised, never above the root (_filter_members)
         parts = source.split("/")
         src_fd = self.open_folder(parts[:-1], member.name, create=False)
         try:

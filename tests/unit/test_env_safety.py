@@ -168,6 +168,21 @@ def test_hard_links_and_links_inside_are_kept(tmp_path):
     assert os.readlink(os.path.join(env.path, "bin", "python")) == "python3"
 
 
+def test_odd_but_harmless_member_names(tmp_path):
+    def build(tar):
+        _add_dir(tar, "./")
+        _add_file(tar, "./bin//python3", b"#!/bin/sh\n", 0o755)
+        _add_file(tar, "lib/./a.py", b"A = 1\n")
+        info = tarfile.TarInfo("lib/b.py")
+        info.type = tarfile.LNKTYPE
+        info.linkname = "./lib/x/../a.py"
+        tar.addfile(info)
+
+    env = unpack_tarball(make_tarball(tmp_path / "env.tar.gz", build), str(tmp_path / "envs"))
+    with open(os.path.join(env.path, "lib", "b.py")) as f:
+        assert f.read() == "A = 1\n"
+
+
 def test_owner_is_never_copied_from_the_archive(tmp_path):
     def build(tar):
         info = tarfile.TarInfo("bin/python3")
