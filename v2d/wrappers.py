@@ -76,7 +76,6 @@ class ModelThreads:
         busy = len(pool.working)
         if busy:
             self.log.warn("{busy} model call(s) still running in threads at shutdown; not waiting", busy=busy)
-            pool.started = False
             return
         pool.stop()
 
