@@ -17,24 +17,24 @@ RELOADS = 300
 
 
 def test_reloads_free_the_previous_code(tmp_path):
-    folder = str(write_model(tmp_path, "m", "models.Echo", ECHO))
+    folder = str(write_model(tmp_path, "reloaded", "models.Echo", ECHO))
     factory = LocalModelFactory()
     registry = ModelRegistry(factory_for=lambda settings: factory)
 
     def reload() -> None:
         failures: list = []
-        registry.load(ModelSettings(name="m", implementation="models.Echo", folder=folder)).addErrback(
+        registry.load(ModelSettings(name="reloaded", implementation="models.Echo", folder=folder)).addErrback(
             failures.append
         )
         assert not failures, failures
 
     reload()
-    first = weakref.ref(type(registry.get("m").runtime))
+    first = weakref.ref(type(registry.get("reloaded").runtime))
     for _ in range(20):
         reload()
     gc.collect()
     assert first() is None, "the first load's class is still referenced"
-    live = [k for k in vars(sys.modules[PREFIX]) if k.startswith("m") and k[1:2].isdigit()]
+    live = [k for k in vars(sys.modules[PREFIX]) if k.endswith("_reloaded")]
     assert len(live) == 1, live
 
     tracemalloc.start(8)
