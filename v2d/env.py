@@ -8,6 +8,15 @@ temporary folder renamed into place, a marker written once fix-ups are done, a l
 against concurrent servers) and filtered: no absolute member names, no ``..``, no
 devices or FIFOs, no links that leave the tree.
 
+Extraction is v2d's own and never follows a link: every member's folder is reached
+one component at a time from the root with ``O_NOFOLLOW``, so a member under a link
+(``a/b`` where ``a`` is a link) is refused; files are created with ``O_EXCL``; a hard
+link must name a regular file reached the same way; ownership is never copied. Once
+every member is out, each link is resolved on disk and must stay inside the tree
+(which also catches chains such as ``b -> ..`` then ``c -> b/..``). A temporary
+folder left by an unpack that was killed is removed by the next unpack, once the lock
+of its archive shows nobody is working in it.
+
 A venv-pack archive does not carry Python: its ``bin/python`` is a link to the base
 interpreter it was made from (``home`` in ``pyvenv.cfg``). v2d drops such links while
 extracting and makes them again itself, only after checking the base interpreter
@@ -22,16 +31,18 @@ Blocking (file I/O, hashing); the service runs it in a thread.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import posixpath
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import attrs
 
@@ -42,6 +53,7 @@ __all__ = [
     "Environment",
     "EnvironmentUnusable",
     "environment_python",
+    "remove_stale_temporaries",
     "resolve_environment",
     "unpack_tarball",
 ]
@@ -102,6 +114,9 @@ def _filter_members(tar: tarfile.TarFile, tarball: str) -> tuple:
             raise EnvironmentUnusable(
                 f"environment tarball {tarball}: member {member.name!r} is a device or FIFO"
             )
+        name = "/".join(p for p in parts if p not in ("", "."))
+        if not name:
+            continue
         member.name = name
         if member.issym():
             target = member.linkname
@@ -117,9 +132,190 @@ def _filter_members(tar: tarfile.TarFile, tarball: str) -> tuple:
                 raise EnvironmentUnusable(
                     f"environment tarball {tarball}: hard link {member.name!r} points outside the environment"
                 )
+            member.linkname = posixpath.normpath(member.linkname)
         member.mode &= 0o777  # no setuid, setgid or sticky bits
         keep.append(member)
     return keep, relinks
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+class _Tree:
+    """A folder being filled from an archive; nothing under it is reached through a link."""
+
+    def __init__(self, root: str, tarball: str) -> None:
+        self.root = root
+        self.tarball = tarball
+        self.links: List[str] = []
+        self.dirs: Dict[str, int] = {}
+
+    def _refuse(self, name: str, why: str) -> EnvironmentUnusable:
+        return EnvironmentUnusable(f"environment tarball {self.tarball}: member {name!r} {why}")
+
+    def open_folder(self, parts: List[str], name: str, create: bool = True) -> int:
+        """A descriptor of the folder ``parts`` under the root, made if need be; never through a link."""
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for part in parts:
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise self._refuse(name, f"names {part!r}, which is not in the archive") from None
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                        why = f"lies under {part!r}, which is a link or not a folder"
+                        raise self._refuse(name, why) from None
+                    raise
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _clear(self, fd: int, base: str, name: str) -> None:
+        """Make room for a member: an earlier file or link of that name goes, a folder is refused."""
+        try:
+            st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise self._refuse(name, "would replace a folder")
+        os.unlink(base, dir_fd=fd)
+
+    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        """Extract one (already filtered) member."""
+        parts = member.name.rstrip("/").split("/")
+        fd = self.open_folder(parts[:-1], member.name)
+        base = parts[-1]
+        try:
+            if member.isdir():
+                try:
+                    os.mkdir(base, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+                    if not stat.S_ISDIR(st.st_mode):
+                        why = "is a folder where a file or link already is"
+                        raise self._refuse(member.name, why) from None
+                self.dirs[member.name.rstrip("/")] = (member.mode & 0o777) | 0o700
+            elif member.issym():
+                self._clear(fd, base, member.name)
+                os.symlink(member.linkname, base, dir_fd=fd)
+                self.links.append(member.name)
+            elif member.islnk():
+                self._hard_link(fd, base, member)
+            elif member.isreg():
+                self._clear(fd, base, member.name)
+                out = os.open(
+                    base,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                    0o600,
+                    dir_fd=fd,
+                )
+                with os.fdopen(out, "wb") as f:
+                    source = tar.extractfile(member)
+                    if source is not None:
+                        shutil.copyfileobj(source, f, 1 << 20)
+                    os.fchmod(f.fileno(), member.mode & 0o777)
+                    os.utime(f.fileno(), (member.mtime, member.mtime))
+            else:
+                raise self._refuse(member.name, "is not a file, folder or link")
+        finally:
+            os.close(fd)
+
+    def _hard_link(self, fd: int, base: str, member: tarfile.TarInfo) -> None:
+        source = member.linkname  # normalised, never above the root (_filter_members)
+        parts = source.split("/")
+        src_fd = self.open_folder(parts[:-1], member.name, create=False)
+        try:
+            try:
+                st = os.stat(parts[-1], dir_fd=src_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                why = f"is a hard link to {source!r}, which is not in the archive"
+                raise self._refuse(member.name, why) from None
+            if not stat.S_ISREG(st.st_mode):
+                raise self._refuse(member.name, f"is a hard link to {source!r}, which is not a regular file")
+            self._clear(fd, base, member.name)
+            os.link(parts[-1], base, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
+        finally:
+            os.close(src_fd)
+
+    def finish(self) -> None:
+        """Check that every link resolves inside the tree; give folders their modes."""
+        real_root = os.path.realpath(self.root)
+        for name in self.links:
+            resolved = os.path.realpath(os.path.join(real_root, *name.split("/")))
+            if os.path.commonpath([real_root, resolved]) != real_root:
+                link = os.path.join(self.root, *name.split("/"))
+                raise EnvironmentUnusable(_outside(self.tarball, name, os.readlink(link)))
+        for name, mode in sorted(self.dirs.items(), key=lambda item: -item[0].count("/")):
+            fd = self.open_folder(name.split("/"), name, create=False)
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+
+    def symlink(self, name: str, target: str) -> None:
+        """Make (again) the link ``name`` -> ``target``, through no link."""
+        parts = name.split("/")
+        fd = self.open_folder(parts[:-1], name)
+        try:
+            self._clear(fd, parts[-1], name)
+            os.symlink(target, parts[-1], dir_fd=fd)
+        finally:
+            os.close(fd)
+
+
+def _extract(tar: tarfile.TarFile, members: List[tarfile.TarInfo], root: str, tarball: str) -> None:
+    """Extract ``members`` into ``root`` without following any link (see the module docstring)."""
+    tree = _Tree(root, tarball)
+    for member in members:
+        tree.add(tar, member)
+    tree.finish()
+
+
+def _stale_temporaries(envs_dir: str) -> Iterator[tuple]:
+    """(key, path) of every ``.tmp-<key>-*`` folder in ``envs_dir``."""
+    try:
+        names = os.listdir(envs_dir)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(".tmp-"):
+            key = name[len(".tmp-"):].partition("-")[0]
+            yield key, os.path.join(envs_dir, name)
+
+
+def remove_stale_temporaries(envs_dir: str, held: Optional[str] = None) -> List[str]:
+    """
+    Remove the temporary folders of unpacks that died (SIGKILL, power loss).
+
+    A temporary folder belongs to the unpack holding its archive's lock; one whose
+    lock can be taken at once is stale. ``held`` is a key whose lock the caller holds.
+    Returns the folders removed.
+    """
+    removed = []
+    for key, path in sorted(_stale_temporaries(envs_dir)):
+        if key == held:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            continue
+        try:
+            lock = open(os.path.join(envs_dir, f".{key}.lock"), "a")
+        except OSError:
+            continue
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # an unpack is running in it
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _read_pyvenv(path: str) -> Dict[str, str]:
@@ -149,11 +345,7 @@ def _relink_interpreters(path: str, relinks: Dict[str, str], source: str) -> Non
                 f"Python {version} at {home}, or pack the environment with conda-pack, which carries "
                 "its Python."
             )
-        link = os.path.join(path, *name.split("/"))
-        os.makedirs(os.path.dirname(link), exist_ok=True)
-        if os.path.lexists(link):
-            os.unlink(link)
-        os.symlink(target, link)
+        _Tree(path, source).symlink(name, target)
 
 
 def _check_venv_home(path: str, source: str) -> None:
@@ -207,8 +399,9 @@ def unpack_tarball(tarball: str, envs_dir: str) -> Environment:
     key = _sha256(tarball)[:32]
     os.makedirs(envs_dir, exist_ok=True)
     target = os.path.join(envs_dir, key)
-    with open(os.path.join(envs_dir, f".{key}.lock"), "w") as lock:
+    with open(os.path.join(envs_dir, f".{key}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        remove_stale_temporaries(envs_dir, held=key)
         marker = os.path.join(target, MARKER)
         if os.path.exists(marker):
             with open(marker, encoding="utf-8") as f:
@@ -221,10 +414,7 @@ def unpack_tarball(tarball: str, envs_dir: str) -> Environment:
             try:
                 with tarfile.open(tarball, "r:*") as tar:
                     members, relinks = _filter_members(tar, tarball)
-                    if hasattr(tarfile, "tar_filter"):
-                        tar.extractall(tmp, members=members, filter="tar")
-                    else:  # pragma: no cover - Python without extraction filters
-                        tar.extractall(tmp, members=members)
+                    _extract(tar, members, tmp, tarball)
             except (tarfile.TarError, OSError) as e:
                 raise EnvironmentUnusable(f"environment tarball {tarball} cannot be unpacked: {e}") from None
             is_conda = os.path.isdir(os.path.join(tmp, "conda-meta")) and os.path.isfile(

@@ -134,10 +134,17 @@ class ModelNamespace:
             ) from None
 
     def forget(self) -> None:
-        """Drop this namespace's modules from ``sys.modules``."""
+        """
+        Drop this namespace's modules: from ``sys.modules``, and from the ``_v2d_models``
+        package, where the import system also keeps each one as an attribute (left
+        there, every reload would keep the previous load's code alive).
+        """
         prefix = self.package + "."
         for name in [n for n in sys.modules if n == self.package or n.startswith(prefix)]:
             del sys.modules[name]
+        parent = sys.modules.get(PREFIX)
+        if parent is not None:
+            parent.__dict__.pop(self.key, None)
         _namespaces.pop(self.key, None)
 
 

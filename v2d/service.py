@@ -32,7 +32,7 @@ from v2d.rest._cors import CORSPolicy
 from v2d.rest._custom import CustomRoutes, klein_serves
 from v2d.rest._router import RootResource
 from v2d.settings import ModelSettings, Settings
-from v2d.wrappers import LocalModelFactory
+from v2d.wrappers import LocalModelFactory, LoopWatch, ModelThreads
 
 __all__ = ["V2DService", "workers_for"]
 
@@ -71,7 +71,10 @@ class V2DService(Service):
         self.reactor = reactor
         self.repository = ModelRepository(settings.models, dict(os.environ if environ is None else environ))
         self.metrics = Metrics(inflight=lambda: self.dataplane.inflight)
-        self.local_factory = LocalModelFactory(metrics=self.metrics)
+        self.model_threads = ModelThreads(reactor)
+        self.local_factory = LocalModelFactory(
+            metrics=self.metrics, threads=self.model_threads, watch=LoopWatch(settings.blocked_loop_warning)
+        )
         self.worker_pool: Optional[Any] = None
         self.custom_routes = CustomRoutes(reserved=self._reserved, draining=lambda: self.dataplane.draining)
         self.registry = ModelRegistry(
@@ -219,6 +222,7 @@ class V2DService(Service):
         if self.worker_pool is not None:
             self.log.info("stopping worker processes")
             yield self.worker_pool.stop()
+        self.model_threads.stop()
         self.log.info("stopped")
 
 

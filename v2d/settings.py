@@ -423,6 +423,7 @@ class Settings:
     debug: bool = False
     event_loop: str = "auto"
     retain_memory: int = 512 * MiB
+    blocked_loop_warning: float = 1.0
 
     _KINDS = {
         "models": str,
@@ -448,6 +449,7 @@ class Settings:
         "debug": bool,
         "event_loop": str,
         "retain_memory": int,
+        "blocked_loop_warning": float,
     }
 
     @classmethod
@@ -818,6 +820,8 @@ class ModelSettings:
     #: starts workers warm (see docs/mlserver.md).
     warm_workers: bool = False
     cache_enabled: bool = False
+    #: v2d's own: run a synchronous load/predict/unload in the server's threads.
+    run_in_thread: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.parameters, ModelParameters):
@@ -852,6 +856,7 @@ class ModelSettings:
         "parallel_workers": int,
         "warm_workers": bool,
         "cache_enabled": bool,
+        "run_in_thread": bool,
     }
 
     @property
@@ -892,7 +897,7 @@ class ModelSettings:
                 unknown.append(key)
         kwargs["unknown_fields"] = unknown
         for key in ("name", "implementation", "platform", "max_batch_size", "max_batch_time",
-                    "warm_workers", "cache_enabled"):
+                    "warm_workers", "cache_enabled", "run_in_thread"):
             if kwargs.get(key) is None:
                 kwargs.pop(key, None)
         settings = cls(**kwargs)

@@ -209,6 +209,14 @@ class Options(usage.Options):
             _non_negative("retain-memory"),
         ],
         [
+            "blocked-loop-warning",
+            None,
+            None,
+            "Log a warning naming the model when one of its calls holds the event loop longer "
+            "than this many seconds; 0 never [default: 1].",
+            _non_negative("blocked-loop-warning", float, "a number of seconds"),
+        ],
+        [
             "event-loop",
             None,
             None,
@@ -296,6 +304,7 @@ class Options(usage.Options):
             "shutdown_timeout": self["shutdown-timeout"],
             "event_loop": self["event-loop"],
             "retain_memory": self["retain-memory"],
+            "blocked_loop_warning": self["blocked-loop-warning"],
             "rest": self["rest"] or None,
             "debug": True if self["debug"] else None,
             "access_log": True if self["access-log"] else None,

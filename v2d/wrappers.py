@@ -6,18 +6,31 @@ value, a Deferred, an asyncio awaitable), the wrapper answers with Deferreds. Th
 ``LocalModelFactory`` imports a model folder's implementation in its own private
 namespace and builds it (v2d.runtimes; a subclass of the real ``mlserver.MLModel``
 is served through v2d.mlserver_adapter).
+
+A runtime's code runs on the event loop that serves every request: a synchronous
+``predict`` that takes two seconds stalls health checks for two seconds. A model
+whose settings say ``"run_in_thread": true`` has its synchronous ``load``,
+``predict`` and ``unload`` (and custom handlers) run in ``ModelThreads``, the
+service's thread pool (``async def`` methods stay on the loop). Whatever blocks the
+loop longer than ``blocked_loop_warning`` seconds (a synchronous call, or one step of
+an ``async def`` method) is reported in the log, naming the model and the method.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional
+import threading
+import time
+from typing import Any, Callable, Dict, Generator, List, Optional
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from v2d.aio import call
+from v2d.aio import as_deferred, call
 from v2d.custom_metrics import ModelContext, model_context
 from v2d.handlers._arguments import call_handler
 from v2d.handlers.custom import HandlerRoute, handler_routes
@@ -27,7 +40,107 @@ from v2d.runtimes import build_runtime, is_streaming
 from v2d.settings import ModelSettings
 from v2d.types import InferenceRequest, MetadataModelResponse
 
-__all__ = ["LocalModel", "LocalModelFactory", "build_runtime"]
+__all__ = ["LocalModel", "LocalModelFactory", "LoopWatch", "ModelThreads", "build_runtime"]
+
+
+def _daemon_thread(**kwargs: Any) -> threading.Thread:
+    return threading.Thread(daemon=True, **kwargs)
+
+
+@attrs.define(eq=False)
+class ModelThreads:
+    """
+    The thread pool for models with ``run_in_thread``: started on first use, stopped
+    by the service. Its threads are daemon threads, so a ``predict`` that never
+    returns cannot keep the process alive after shutdown.
+    """
+
+    reactor: Any
+    size: int = 10
+    _pool: Optional[ThreadPool] = None
+    log = Logger()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+        """Call ``fn(*args)`` in a thread of the pool; a Deferred of its result."""
+        if self._pool is None:
+            self._pool = ThreadPool(0, self.size, name="v2d-models")
+            self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
+            self._pool.start()
+        return deferToThreadPool(self.reactor, self._pool, fn, *args)
+
+    def stop(self) -> None:
+        """Stop the pool; threads still inside a model's call are left to end with the process."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        busy = len(pool.working)
+        if busy:
+            self.log.warn("{busy} model call(s) still running in threads at shutdown; not waiting", busy=busy)
+            return
+        pool.stop()
+
+
+@attrs.define(eq=False)
+class LoopWatch:
+    """Reports (once per call) a model's call that held the event loop longer than ``threshold`` s."""
+
+    threshold: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    log = Logger()
+
+    def check(self, model: str, method: str, started: float) -> None:
+        held = self.clock() - started
+        if self.threshold > 0 and held > self.threshold:
+            self.log.warn(
+                "model {model}: {method} blocked the event loop for {seconds:.2f} s (no request, health "
+                "check or other model was served meanwhile); make it async, or set \"run_in_thread\": "
+                "true in its model-settings.json",
+                model=model,
+                method=method,
+                seconds=held,
+            )
+
+    def call(self, model: str, method: str, fn: Callable[..., Any], *args: Any) -> Deferred:
+        """``call(fn, *args)``, each stretch of its work on the loop timed."""
+        started = self.clock()
+        try:
+            result = fn(*args)
+        except BaseException:
+            self.check(model, method, started)
+            return fail()
+        self.check(model, method, started)
+        if inspect.isawaitable(result) and not isinstance(result, Deferred):
+            result = _Timed(result, lambda began: self.check(model, method, began), self.clock)
+        return as_deferred(result)
+
+
+class _Timed:
+    """An awaitable whose every step (from one suspension to the next) is timed."""
+
+    def __init__(self, awaitable: Any, report: Callable[[float], None], clock: Callable[[], float]) -> None:
+        self.awaitable = awaitable
+        self.report = report
+        self.clock = clock
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        steps = self.awaitable.__await__()
+        send: Any = None
+        error: Optional[BaseException] = None
+        while True:
+            began = self.clock()
+            try:
+                yielded = steps.throw(error) if error is not None else steps.send(send)
+            except StopIteration as stop:
+                self.report(began)
+                return stop.value
+            except BaseException:
+                self.report(began)
+                raise
+            self.report(began)
+            try:
+                send, error = (yield yielded), None
+            except BaseException as e:  # thrown in by the loop (cancellation)
+                send, error = None, e
 
 
 @implementer(IModel, ICustomHandlers)
@@ -41,6 +154,8 @@ class LocalModel:
     runtime: Any
     namespace: Optional[ModelNamespace] = None
     metrics: Any = None
+    threads: Optional[ModelThreads] = None
+    watch: Optional[LoopWatch] = None
     _context: Optional[ModelContext] = None
 
     @property
@@ -50,10 +165,26 @@ class LocalModel:
             self._context = ModelContext(self.runtime.name, self.runtime.version or "", self.metrics)
         return self._context
 
-    def _call(self, fn: Any, *args: Any) -> Deferred:
+    @property
+    def in_thread(self) -> bool:
+        """Whether synchronous methods run in the service's threads (``run_in_thread``)."""
+        return self.threads is not None and bool(getattr(self.settings, "run_in_thread", False))
+
+    def _call(self, method: str, fn: Any, *args: Any) -> Deferred:
         """Call a runtime method as the current model (tasks it starts keep that)."""
-        with model_context(self.context):
-            return call(fn, *args)
+        context = self.context
+        if self.in_thread and not inspect.iscoroutinefunction(fn):
+            assert self.threads is not None
+
+            def in_thread() -> Any:
+                with model_context(context):
+                    return fn(*args)
+
+            return self.threads.run(in_thread).addCallback(as_deferred)
+        with model_context(context):
+            if self.watch is None:
+                return call(fn, *args)
+            return self.watch.call(self.name, method, fn, *args)
 
     @property
     def name(self) -> str:
@@ -82,7 +213,7 @@ class LocalModel:
             self.runtime.ready = ready
             return ready
 
-        return self._call(self.runtime.load).addCallback(loaded)
+        return self._call("load", self.runtime.load).addCallback(loaded)
 
     def unload(self) -> Deferred:
         self.runtime.ready = False
@@ -93,10 +224,10 @@ class LocalModel:
                 self.namespace = None
             return result
 
-        return self._call(self.runtime.unload).addBoth(forget)
+        return self._call("unload", self.runtime.unload).addBoth(forget)
 
     def predict(self, payload: InferenceRequest) -> Deferred:
-        return self._call(self.runtime.predict, payload)
+        return self._call("predict", self.runtime.predict, payload)
 
     def predict_stream(self, payloads: Any) -> Any:
         return self._stream(payloads)
@@ -126,7 +257,7 @@ class LocalModel:
         return handler_routes(self.runtime)
 
     def call_custom(self, attribute: str, has_body: bool, body: Any, query: Dict[str, List[str]]) -> Deferred:
-        return self._call(call_handler, self.runtime, attribute, has_body, body, query)
+        return self._call(attribute, call_handler, self.runtime, attribute, has_body, body, query)
 
     def metadata(self) -> MetadataModelResponse:
         return self.runtime.metadata()
@@ -135,13 +266,21 @@ class LocalModel:
 @implementer(IModelFactory)
 @attrs.define
 class LocalModelFactory:
-    """Builds models that run in this process; ``metrics`` records their custom metrics."""
+    """
+    Builds models that run in this process; ``metrics`` records their custom metrics,
+    ``threads`` runs the methods of models with ``run_in_thread``, ``watch`` reports
+    calls that block the loop.
+    """
 
     metrics: Any = None
+    threads: Optional[ModelThreads] = None
+    watch: Optional[LoopWatch] = None
 
     def create(self, settings: ModelSettings) -> Deferred:
         def build() -> LocalModel:
             runtime, namespace = build_runtime(settings)
-            return LocalModel(runtime, namespace, metrics=self.metrics)
+            return LocalModel(
+                runtime, namespace, metrics=self.metrics, threads=self.threads, watch=self.watch
+            )
 
         return call(build)
