@@ -34,7 +34,7 @@ from v2d.dataplane import DataPlane
 from v2d.interfaces import IModelFactory
 from v2d.metrics import Metrics, MetricsListenerResource, MetricsResource
 from v2d.registry import ModelRegistry
-from v2d.repository import ModelRepository
+from v2d.repository import ModelRepository, _is_environment
 from v2d.rest import RestAPI, make_site
 from v2d.rest._cors import CORSPolicy
 from v2d.rest._custom import CustomRoutes, klein_serves
@@ -362,7 +362,7 @@ def folder_fingerprint(folders: List[str]) -> str:
     for root in sorted(folders):
         for folder, dirs, files in os.walk(root):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
-            if "pyvenv.cfg" in files or "conda-meta" in dirs:
+            if _is_environment(folder, files, dirs):
                 dirs[:] = []
                 continue
             for name in sorted(files):

@@ -196,18 +196,21 @@ def test_sighup_reloads_changed_models_and_drops_no_request(tmp_path):
         assert status == 200 and output(body, "pid") == steady_pid, "an unchanged model is left alone"
         assert d.get("/v2/health/ready")[0] == 200
 
-        # a second SIGHUP with nothing changed reloads nothing, and the daemon serves on
-        d.process.send_signal(signal.SIGHUP)
+        # a second SIGHUP, to the whole process group as a terminal hangup sends it, with
+        # nothing changed: nothing is reloaded, the workers ignore it, the daemon serves on
+        os.killpg(d.process.pid, signal.SIGHUP)
         deadline = time.monotonic() + 30
         while d.log().count("SIGHUP: repository reloaded") < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert infer(d, "pauser", [1])[0] == 200
+        assert output(infer(d, "steady", [1])[1], "pid") == steady_pid
         log = d.log()
     assert "SIGHUP: reloading the model repository" in log
     assert "SIGHUP: reloading changed model pauser" in log
     assert "SIGHUP: loading new model fresh" in log
     assert "SIGHUP: repository reloaded: 1 reloaded, 1 loaded, 0 unloaded, 1 unchanged" in log
     assert "SIGHUP: repository reloaded: 0 reloaded, 0 loaded, 0 unloaded, 3 unchanged" in log
+    assert "signal 1 (SIGHUP)" not in log
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -468,6 +468,8 @@ def follow_parent(poll: float = PARENT_POLL) -> None:
 def main(in_fd: int, out_fd: int) -> None:
     """The child's whole life: handshake, then serve until the input closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # so is a hangup (the server reloads)
     follow_parent()
     stream = os.fdopen(in_fd, "rb", buffering=0, closefd=False)
     hello = _handshake.describe(_wire.WIRE_VERSION, __version__)
