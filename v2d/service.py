@@ -28,12 +28,13 @@ from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from v2d.batching import batching_wrapper
 from v2d.dataplane import DataPlane
 from v2d.interfaces import IModelFactory
 from v2d.metrics import Metrics, MetricsListenerResource, MetricsResource
-from v2d.registry import ModelRegistry
+from v2d.registry import UNAVAILABLE, ModelRegistry
 from v2d.repository import ModelRepository, _is_environment
 from v2d.rest import RestAPI, make_site
 from v2d.rest._cors import CORSPolicy
@@ -154,7 +155,8 @@ class V2DService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._install_sighup()
+        # once the reactor runs (after its own SIGINT/SIGTERM handlers are in place)
+        self.reactor.callWhenRunning(self._install_sighup)
         d = self._start()
         d.addErrback(self._failed_start)
 
@@ -162,7 +164,9 @@ class V2DService(Service):
 
     def _install_sighup(self) -> None:
         """SIGHUP -> ``reload_repository`` on the reactor's thread (as Twisted's SIGTERM)."""
-        if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        if not self.running or not hasattr(signal, "SIGHUP"):
+            return
+        if threading.current_thread() is not threading.main_thread():
             return
 
         def hangup(signum: int, frame: Any) -> None:
@@ -196,15 +200,14 @@ class V2DService(Service):
             self.log.info("SIGHUP: a repository reload is under way; this one is ignored")
             return succeed(None)
         self.log.info("SIGHUP: reloading the model repository {root}", root=self.settings.models)
-        self._reloading = maybeDeferred(self._reload)
+        reloading = self._reloading = maybeDeferred(self._reload)
 
         def done(result: Any) -> None:
             self._reloading = None
-            if result is not None and hasattr(result, "value"):
+            if isinstance(result, Failure):
                 self.log.failure("SIGHUP: repository reload failed", result)
 
-        self._reloading.addBoth(done)
-        return self._reloading
+        return reloading.addBoth(done)
 
     @inlineCallbacks
     def _reload(self) -> Any:
@@ -243,8 +246,8 @@ class V2DService(Service):
 
     def _serving(self, name: str) -> bool:
         """Whether a model is loaded or failed (not unloaded on purpose)."""
-        return any(state != "UNAVAILABLE" or reason != "unloaded" for _, state, reason in
-                   self.registry.states().get(name, []))
+        states = self.registry.states().get(name, [])
+        return any(state != UNAVAILABLE or reason != "unloaded" for _, state, reason in states)
 
     @inlineCallbacks
     def _start(self) -> Any:
@@ -307,7 +310,8 @@ class V2DService(Service):
         bound = self.settings.shutdown_timeout + KILL_GRACE
         watchdog = threading.Timer(bound + STUCK_GRACE, _stuck, (bound + STUCK_GRACE,))
         watchdog.daemon = True
-        watchdog.start()
+        if self.reactor.running:  # a real daemon's stop (never a test's memory reactor)
+            watchdog.start()
         stopped = self._stop()
         done: Deferred = Deferred()
 

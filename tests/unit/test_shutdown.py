@@ -8,7 +8,10 @@ readiness, strict server readiness and the repository index follow a provider's
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -19,7 +22,8 @@ from v2d.dataplane import DataPlane
 from v2d.errors import Unavailable
 from v2d.registry import ModelRegistry
 from v2d.repository import ModelRepository
-from v2d.service import folder_fingerprint
+from v2d.service import V2DService, folder_fingerprint
+from v2d.settings import Settings
 from v2d.types import InferenceRequest, InferenceResponse
 from v2d.workers._pool import CHILD_IN
 
@@ -154,3 +158,58 @@ def test_folder_fingerprint_follows_files(tmp_path):
     assert second != first
     (folder / "weights.bin").write_bytes(b"w")
     assert folder_fingerprint([str(folder)]) not in (first, second)
+
+
+NUMBERED = """
+import numpy as np
+from v2d import MLModel
+from v2d.types import InferenceResponse, ResponseOutput
+
+class Numbered(MLModel):
+    def predict(self, payload):
+        data = np.array([{number}])
+        return InferenceResponse(
+            model_name=self.name, outputs=[ResponseOutput(name="n", shape=[1], datatype="INT64", data=data)]
+        )
+"""
+
+
+def _write(root, name: str, number: int) -> None:
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {"name": name, "implementation": "models.Numbered"}
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+    (folder / "models.py").write_text(NUMBERED.format(number=number))
+    # a second's step in mtime, whatever the file system's resolution
+    os.utime(folder / "models.py", (time.time() + number, time.time() + number))
+
+
+def _number(service: Any, name: str) -> int:
+    response = result_of(service.dataplane.infer(name, None, InferenceRequest()))
+    return int(response.outputs[0].data[0])
+
+
+def test_sighup_reload_follows_the_repository(tmp_path):
+    root = tmp_path / "models"
+    for name in ("changed", "same", "gone"):
+        _write(root, name, 1)
+    settings = Settings(models=str(root), grpc=None, rest=[], envs_dir="unused")
+    service = V2DService(settings, Clock(), environ={})
+    service.running = True
+    service._fingerprints = service._fingerprint_all()
+    result_of(service.dataplane.load_all())
+    same = service.registry.get("same")
+    result_of(service.dataplane.unload_model("gone"))
+    _write(root, "changed", 2)
+    _write(root, "new", 3)
+    shutil.rmtree(root / "gone")
+    assert result_of(service.reload_repository()) is None
+    assert (_number(service, "changed"), _number(service, "new")) == (2, 3)
+    assert service.registry.get("same") is same, "an unchanged model is left alone"
+    states = {name: versions[0][1:] for name, versions in service.registry.states().items()}
+    assert states["gone"] == ("UNAVAILABLE", "unloaded")
+
+    shutil.rmtree(root / "same")
+    result_of(service.reload_repository())
+    assert not service.registry.ready("same"), "a model whose folder is gone is unloaded"
+    assert _number(service, "changed") == 2
