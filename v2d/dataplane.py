@@ -3,16 +3,17 @@ The protocol's logic, transport-free.
 
 REST and gRPC decode their wire into v2d.types, call the ``DataPlane`` and encode what
 it returns; errors are v2d.errors, mapped by each transport. The dataplane also counts
-requests in flight so that shutdown can drain them.
+requests in flight so that shutdown can drain them, and answers those still in flight
+at the drain's deadline with ``Unavailable`` (503).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -44,6 +45,10 @@ class DataPlane:
     #: Called as observer(model name, version, seconds, error kind or None) per request.
     observer: Optional[Callable[[str, Optional[str], float, Optional[str]], None]] = None
     _idle: List[Deferred] = attrs.field(factory=list)
+    #: The calls in flight (cancelled at the drain's deadline).
+    _calls: Set[Deferred] = attrs.field(factory=set)
+    #: Why calls in flight were cancelled (set at the drain's deadline).
+    _aborted: Optional[str] = None
     log = Logger()
 
     # -- health and metadata ------------------------------------------------
@@ -119,9 +124,10 @@ class DataPlane:
         except BaseException:
             d = Deferred()
             d.errback()
+        self._calls.add(d)
         if complete is not None:
             d.addCallback(complete)
-        d.addBoth(self._finish, model)
+        d.addBoth(self._finish, model, d)
         if self.observer is not None:
             d.addBoth(self._observe, model, started)
         return d
@@ -134,8 +140,9 @@ class DataPlane:
             self.log.failure("metrics observer failed")
         return result
 
-    def _finish(self, result: Any, model: Any) -> Any:
+    def _finish(self, result: Any, model: Any, call: Optional[Deferred] = None) -> Any:
         self.inflight -= 1
+        self._calls.discard(call)  # type: ignore[arg-type]
         if self.inflight == 0 and self._idle:
             waiting, self._idle = self._idle, []
             for d in waiting:
@@ -148,6 +155,8 @@ class DataPlane:
         exc = failure.value
         if isinstance(exc, V2DError):
             return failure
+        if isinstance(exc, CancelledError) and self._aborted is not None:
+            return Failure(Unavailable(self._aborted))
         if isinstance(exc, NotImplementedError):
             return Failure(Unimplemented(str(exc) or f"model '{model.name}' does not implement this"))
         self.log.failure("model {model} failed a request", failure, model=model.name)
@@ -236,17 +245,36 @@ class DataPlane:
     # -- shutdown ---------------------------------------------------------------
 
     def drain(self, clock: IReactorTime, timeout: float) -> Deferred:
-        """Refuse new requests; fire when none is in flight or after ``timeout`` s."""
+        """
+        Refuse new requests; fire when none is in flight, or after ``timeout`` s, when
+        the requests still in flight are answered ``Unavailable`` (their models' work
+        is cancelled; a worker busy with one is ended by the pool's stop).
+        """
         self.draining = True
         if self.inflight == 0:
             return succeed(None)
         d: Deferred = Deferred()
         self._idle.append(d)
-        d.addTimeout(
-            timeout,
-            clock,
-            onTimeoutCancel=lambda result, t: self.log.warn(
-                "{n} requests still in flight after {timeout}s; stopping anyway", n=self.inflight, timeout=t
-            ),
-        )
-        return d
+
+        def expired() -> None:
+            if d.called:
+                return
+            self._idle.remove(d)
+            self.log.warn(
+                "{n} request(s) still in flight after {timeout}s; answering them 503",
+                n=self.inflight,
+                timeout=timeout,
+            )
+            self._aborted = f"server is shutting down: request still in flight after {timeout:g}s"
+            for call in list(self._calls):
+                call.cancel()
+            d.callback(None)
+
+        timer = clock.callLater(timeout, expired)
+
+        def stop_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(stop_timer)

@@ -50,9 +50,19 @@ class _Slot:
     version: str
     settings: Optional[ModelSettings] = None
     model: Optional[Any] = None
+    #: The factory's model (``model`` may be a wrapper of it): asked whether it can serve.
+    served: Optional[Any] = None
     state: str = UNAVAILABLE
     reason: str = ""
     failed: bool = False
+
+
+def _down(slot: _Slot) -> Optional[str]:
+    """
+    Why a READY slot's model cannot serve right now (e.g. all its worker processes are
+    dead and restarting), or None. A provider tells by an ``unavailable`` attribute.
+    """
+    return getattr(slot.served, "unavailable", None)
 
 
 @implementer(IModelRegistry)
@@ -101,10 +111,10 @@ class ModelRegistry:
     def ready(self, name: str, version: Optional[str] = None) -> bool:
         """Whether the model (version) can serve; ModelNotFound if it is unknown."""
         try:
-            self.get(name, version)
+            model = self.get(name, version)
         except ModelNotReady:
             return False
-        return True
+        return not any(s.model is model and _down(s) for s in self._slots[name].values())
 
     def names(self) -> List[str]:
         """Every model name the registry knows."""
@@ -116,13 +126,22 @@ class ModelRegistry:
             for slot in versions.values():
                 if slot.failed or slot.state in (LOADING,):
                     return False
+                if slot.state == READY and _down(slot):
+                    return False
         return True
 
     def states(self) -> Dict[str, List[tuple]]:
-        return {
-            name: [(slot.version, slot.state, slot.reason) for slot in versions.values()]
-            for name, versions in sorted(self._slots.items())
-        }
+        """name -> [(version, state, reason)]; a READY model that cannot serve is UNAVAILABLE."""
+        out: Dict[str, List[tuple]] = {}
+        for name, versions in sorted(self._slots.items()):
+            out[name] = []
+            for slot in versions.values():
+                down = _down(slot) if slot.state == READY else None
+                if down:
+                    out[name].append((slot.version, UNAVAILABLE, down))
+                else:
+                    out[name].append((slot.version, slot.state, slot.reason))
+        return out
 
     # -- state changes ------------------------------------------------------
 
@@ -183,6 +202,7 @@ class ModelRegistry:
                 self.on_ready(settings.name, slot.version, created[0])
             model = self.wrap(created[0])
             slot.model, slot.state, slot.reason, slot.failed = model, READY, "", False
+            slot.served = created[0]
             self._refresh_default(settings.name)
             self.log.info("model {model} ready", model=settings.name)
             if previous is not None:
@@ -227,6 +247,7 @@ class ModelRegistry:
             if model is not None and self.on_unload is not None:
                 self.on_unload(name, slot.version)
             slot.model, slot.state, slot.reason, slot.failed = None, UNLOADING, "", False
+            slot.served = None
             if model is not None:
                 pending.append((slot, model))
             else:

@@ -4,29 +4,39 @@ owns start-up and the ordered shutdown.
 
 Start: listen (so liveness answers at once), then load every model (readiness follows;
 with ``load_models_at_startup`` off, none: the repository API loads them).
-Stop: stop listening, drain requests in flight (with a deadline), unload models, end
-worker processes; ``stopService`` fires only when all of that is done, and twistd
-waits for it.
+Stop: stop listening, drain requests in flight (``shutdown_timeout``; what is still in
+flight then is answered 503), unload models and end worker processes (those still
+running ``KILL_GRACE`` s later are TERMed, then KILLed); ``stopService`` fires when all
+of that is done, and at the latest ``shutdown_timeout + KILL_GRACE`` s (plus a second)
+after it began; twistd waits for it.
+
+SIGHUP reloads the model repository (``reload_repository``): models whose folder
+changed are reloaded (the old version serves until the new one is ready), new
+folders loaded and models whose folder is gone unloaded; nothing else stops.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Any, Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from v2d.batching import batching_wrapper
 from v2d.dataplane import DataPlane
 from v2d.interfaces import IModelFactory
 from v2d.metrics import Metrics, MetricsListenerResource, MetricsResource
-from v2d.registry import ModelRegistry
-from v2d.repository import ModelRepository
+from v2d.registry import UNAVAILABLE, ModelRegistry
+from v2d.repository import ModelRepository, _is_environment
 from v2d.rest import RestAPI, make_site
 from v2d.rest._cors import CORSPolicy
 from v2d.rest._custom import CustomRoutes, klein_serves
@@ -34,7 +44,14 @@ from v2d.rest._router import RootResource
 from v2d.settings import ModelSettings, Settings
 from v2d.wrappers import LocalModelFactory, LoopWatch, ModelThreads
 
-__all__ = ["V2DService", "workers_for"]
+__all__ = ["KILL_GRACE", "V2DService", "folder_fingerprint", "workers_for"]
+
+#: Seconds after the drain during which models unload and worker processes exit on
+#: their own; then TERM, and KILL 2 s later (``WorkerPool.term_after + kill_after``).
+KILL_GRACE = 5.0
+#: Seconds past ``shutdown_timeout + KILL_GRACE`` after which a shutdown stuck in a
+#: blocked loop ends the process (exit code 1).
+STUCK_GRACE = 5.0
 
 
 def start_failure_reason(error: BaseException) -> Optional[str]:
@@ -117,6 +134,10 @@ class V2DService(Service):
         self.ports: List[Any] = []
         self.grpc_server: Optional[Any] = None
         self._loaded: Optional[Deferred] = None
+        #: Model name -> fingerprint of its folders as last loaded (see ``reload_repository``).
+        self._fingerprints: Dict[str, str] = {}
+        self._reloading: Optional[Deferred] = None
+        self._previous_sighup: Any = None
 
     def _reserved(self, method: str, path: str) -> bool:
         """Whether v2d serves (method, path) itself (no custom handler may take it)."""
@@ -139,15 +160,112 @@ class V2DService(Service):
         if self.worker_pool is None:
             from v2d.workers import WorkerPool
 
-            self.worker_pool = WorkerPool(reactor=self.reactor, settings=self.settings, metrics=self.metrics)
+            self.worker_pool = WorkerPool(
+                reactor=self.reactor,
+                settings=self.settings,
+                metrics=self.metrics,
+                term_after=KILL_GRACE - 2.0,
+                kill_after=2.0,
+            )
         return self.worker_pool
 
     # -- lifecycle ------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        # once the reactor runs (after its own SIGINT/SIGTERM handlers are in place)
+        self.reactor.callWhenRunning(self._install_sighup)
         d = self._start()
         d.addErrback(self._failed_start)
+
+    # -- SIGHUP: reload the model repository ------------------------------------
+
+    def _install_sighup(self) -> None:
+        """SIGHUP -> ``reload_repository`` on the reactor's thread (as Twisted's SIGTERM)."""
+        if not self.running or not hasattr(signal, "SIGHUP"):
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def hangup(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reload_repository)
+
+        self._previous_sighup = signal.signal(signal.SIGHUP, hangup)
+
+    def _remove_sighup(self) -> None:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+
+    def _fingerprint_all(self) -> Dict[str, str]:
+        folders: Dict[str, List[str]] = {}
+        for found in self.repository.discover():
+            folders.setdefault(found.name, []).append(found.folder)
+        return {name: folder_fingerprint(paths) for name, paths in folders.items()}
+
+    def reload_repository(self) -> Deferred:
+        """
+        Bring the served models in line with the repository on disk: reload each
+        model whose folder changed since it was loaded (a swap: its old version serves,
+        also its requests in flight, until the new one is ready, and stays if the new
+        one fails), load new folders and unload models whose folder is gone (the last
+        two only with ``load_models_at_startup``, else the repository API decides what
+        is loaded). Failures are logged; the server keeps serving. SIGHUP calls it.
+        """
+        if self.dataplane.draining or not self.running:
+            return succeed(None)
+        if self._reloading is not None:
+            self.log.info("SIGHUP: a repository reload is under way; this one is ignored")
+            return succeed(None)
+        self.log.info("SIGHUP: reloading the model repository {root}", root=self.settings.models)
+        reloading = self._reloading = maybeDeferred(self._reload)
+
+        def done(result: Any) -> None:
+            self._reloading = None
+            if isinstance(result, Failure):
+                self.log.failure("SIGHUP: repository reload failed", result)
+
+        return reloading.addBoth(done)
+
+    @inlineCallbacks
+    def _reload(self) -> Any:
+        if self._loaded is not None and not self._loaded.called:
+            yield self._loaded
+        current = self._fingerprint_all()
+        loaded = set(self.registry.names())
+        everything = self.settings.load_models_at_startup
+        changed = sorted(n for n in current if n in loaded and current[n] != self._fingerprints.get(n))
+        new = sorted(n for n in current if n not in loaded) if everything else []
+        gone = sorted(n for n in loaded if n not in current and self._serving(n)) if everything else []
+        unchanged = len([n for n in current if n in loaded and n not in changed])
+        self._fingerprints.update(current)
+        for name in gone:
+            self._fingerprints.pop(name, None)
+        pending = []
+        for name in changed + new:
+            self.log.info(
+                "SIGHUP: {action} model {model}",
+                action="reloading changed" if name in loaded else "loading new",
+                model=name,
+            )
+            pending.append(maybeDeferred(self.dataplane.load_model, name).addErrback(lambda f: None))
+        for name in gone:
+            self.log.info("SIGHUP: unloading model {model}: its folder is gone", model=name)
+            pending.append(maybeDeferred(self.dataplane.unload_model, name).addErrback(lambda f: None))
+        yield gatherResults(pending)
+        self.log.info(
+            "SIGHUP: repository reloaded: {changed} reloaded, {new} loaded, {gone} unloaded, "
+            "{unchanged} unchanged",
+            changed=len(changed),
+            new=len(new),
+            gone=len(gone),
+            unchanged=unchanged,
+        )
+
+    def _serving(self, name: str) -> bool:
+        """Whether a model is loaded or failed (not unloaded on purpose)."""
+        states = self.registry.states().get(name, [])
+        return any(state != UNAVAILABLE or reason != "unloaded" for _, state, reason in states)
 
     @inlineCallbacks
     def _start(self) -> Any:
@@ -174,6 +292,7 @@ class V2DService(Service):
                 "POST /v2/repository/models/{{name}}/load"
             )
             return
+        self._fingerprints = self._fingerprint_all()
         self._loaded = self.dataplane.load_all()
         yield self._loaded
         ready = [n for n in self.registry.names() if self.registry.ready(n)]
@@ -204,8 +323,39 @@ class V2DService(Service):
             self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self) -> Deferred:
+        """
+        Stop (see the module's docstring); fires when done, or at the latest
+        ``shutdown_timeout + KILL_GRACE + 1`` s from now, whatever hangs.
+        """
         super().stopService()
-        return self._stop()
+        self._remove_sighup()
+        bound = self.settings.shutdown_timeout + KILL_GRACE
+        watchdog = threading.Timer(bound + STUCK_GRACE, _stuck, (bound + STUCK_GRACE,))
+        watchdog.daemon = True
+        if self.reactor.running:  # a real daemon's stop (never a test's memory reactor)
+            watchdog.start()
+        stopped = self._stop()
+        done: Deferred = Deferred()
+
+        def finish(result: Any) -> None:
+            if not done.called:
+                watchdog.cancel()
+                done.callback(None)
+
+        def overdue() -> None:
+            if done.called:
+                return
+            self.log.error("shutdown is taking more than {bound}s; stopping anyway", bound=bound)
+            if self.worker_pool is not None:
+                for worker in self.worker_pool.live():
+                    worker.kill()
+            finish(None)
+
+        timer = self.reactor.callLater(bound + 1.0, overdue)
+        stopped.addErrback(lambda f: self.log.failure("shutdown failed", f))
+        stopped.addBoth(finish)
+        done.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        return done
 
     @inlineCallbacks
     def _stop(self) -> Any:
@@ -216,6 +366,9 @@ class V2DService(Service):
             self.grpc_server.stop(self.settings.shutdown_timeout) if self.grpc_server else succeed(None)
         )
         yield self.dataplane.drain(self.reactor, self.settings.shutdown_timeout)
+        if self.worker_pool is not None:
+            # from here, a worker that has not exited KILL_GRACE s later is TERMed, then KILLed
+            self.worker_pool.shutting_down()
         yield grpc_stopped
         self.log.info("unloading models")
         yield self.registry.unload_all()
@@ -224,6 +377,38 @@ class V2DService(Service):
             yield self.worker_pool.stop()
         self.model_threads.stop()
         self.log.info("stopped")
+
+
+def folder_fingerprint(folders: List[str]) -> str:
+    """
+    A digest of the files under ``folders`` (names, sizes, modification times;
+    environments, caches and hidden entries skipped): it changes when a model's
+    settings, code or artefacts change on disk.
+    """
+    digest = hashlib.sha256()
+    for root in sorted(folders):
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+            if _is_environment(folder, files, dirs):
+                dirs[:] = []
+                continue
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "replace"))
+    return digest.hexdigest()
+
+
+def _stuck(seconds: float) -> None:
+    """The shutdown's last resort, from a thread: the loop itself is blocked (a runtime's code)."""
+    sys.stderr.write(f"v2d: shutdown did not finish within {seconds:g}s (the loop is blocked); exiting\n")
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _exit_failed() -> None:

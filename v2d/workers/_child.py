@@ -22,7 +22,9 @@ The runtime's code runs as v2d.custom_metrics' current model, so ``log`` works i
 as in the server.
 
 The child ends when its input closes (the server stopped it, or died): it does not
-outlive the server.
+outlive the server. As a runtime's blocking ``predict`` keeps it from noticing that,
+the child also asks Linux to KILL it when the server dies (``PR_SET_PDEATHSIG``), and
+a watchdog thread ends it once its parent is no longer the server (other systems).
 
 Imported only in worker children (Python 3.9 and up): standard library, numpy and
 v2d's child-safe modules.
@@ -54,6 +56,8 @@ __all__ = ["main"]
 EXIT_GRACE = 5.0
 #: Bytes read from the server at a time.
 READ_SIZE = 1 << 20
+#: Seconds between the watchdog's looks at the parent process.
+PARENT_POLL = 0.5
 #: A plain predict slower than this (seconds) gets the replies queued before it sent first.
 SLOW_PREDICT = 0.0005
 _END = object()
@@ -428,9 +432,45 @@ def _serve_input(
     loop.add_reader(in_fd, readable)
 
 
+def _die_with_parent() -> bool:
+    """Ask Linux to KILL this process when its parent dies; whether it took."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        return libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except Exception:  # no ctypes in this build, no prctl in this libc
+        return False
+
+
+def follow_parent(poll: float = PARENT_POLL) -> None:
+    """
+    End this child when the server dies, even while a runtime's code blocks: by the
+    kernel (Linux) and by a watchdog thread that sees the parent change.
+    """
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the server died before the request took
+        os._exit(0)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="v2d-parent-watchdog", daemon=True).start()
+
+
 def main(in_fd: int, out_fd: int) -> None:
     """The child's whole life: handshake, then serve until the input closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # so is a hangup (the server reloads)
+    follow_parent()
     stream = os.fdopen(in_fd, "rb", buffering=0, closefd=False)
     hello = _handshake.describe(_wire.WIRE_VERSION, __version__)
     _wire.write_all(out_fd, [_wire.encode_json(hello)])

@@ -12,8 +12,10 @@ When a serving worker dies, its requests in flight fail at once (``Unavailable``
 naming the exit), and it is started again after a back-off (doubling, capped; reset
 once a worker has lived long enough), loading its model again. When its model is
 unloaded the worker unloads it and exits, so everything the model took is freed.
-``WorkerPool.stop`` closes every child's input, sends TERM after a while, KILL after
-another, and fires once all have exited.
+``WorkerPool.shutting_down`` (when the server stops, before its models unload) bounds
+the rest: ``term_after`` s later every child still running gets TERM, and KILL
+``kill_after`` s after that; ``WorkerPool.stop`` closes every child's input and fires
+once all have exited.
 
 A model's custom handlers (``@custom_handler``) are listed by its worker after load and
 called through it (``custom``); the custom metrics its runtime logs come back in
@@ -170,6 +172,7 @@ class Worker:
         self._streams: Dict[int, DeferredQueue] = {}
         self._startup: Optional[Deferred] = None
         self._exited: List[Deferred] = []
+        self._settled: List[Deferred] = []
         self._term_call: Any = None
         self._kill_call: Any = None
         self.shm: Optional[_wire.SharedMemory] = None
@@ -302,6 +305,21 @@ class Worker:
     def close_stream(self, rid: int, cancel: bool) -> None:
         if self._streams.pop(rid, None) is not None and cancel and self.state == "ready":
             self._send("stream_cancel", rid)
+        self._check_settled()
+
+    def settled(self) -> Deferred:
+        """Fires once no request or stream is in flight at this worker (or it ended)."""
+        if not self.load or self.transport is None:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._settled.append(d)
+        return d
+
+    def _check_settled(self) -> None:
+        if self._settled and (not self.load or self.transport is None):
+            waiting, self._settled = self._settled, []
+            for d in waiting:
+                d.callback(None)
 
     def received(self, kind: str, obj: Any) -> None:
         if kind == "json":
@@ -328,6 +346,7 @@ class Worker:
             else:
                 self._streams.pop(rid, None)
                 queue.put(("end", None) if op == "stream_end" else ("error", _errors.rebuild(body)))
+                self._check_settled()
             return
         d = self._pending.pop(rid, None)
         if d is None:
@@ -336,6 +355,8 @@ class Worker:
             d.errback(Failure(_errors.rebuild(body)))
         else:
             d.callback(body)
+        if self._settled:
+            self._check_settled()
 
     def protocol_error(self, reason: str) -> None:
         self.log.error("{label}: broken wire ({reason}); stopping it", label=self.label, reason=reason)
@@ -395,6 +416,7 @@ class Worker:
         waiting, self._exited = self._exited, []
         for d in waiting:
             d.callback(None)
+        self._check_settled()
 
     def _schedule_restart(self, lived: float) -> None:
         if lived >= self.pool.stable_after:
@@ -468,6 +490,14 @@ class Worker:
             self._term_call = clock.callLater(self.pool.term_after, self._escalate)
         return self.exited()
 
+    def terminate(self) -> None:
+        """TERM now (KILL ``kill_after`` s later), unless that is under way already."""
+        if self.transport is None or self._kill_call is not None:
+            return
+        if self._term_call is not None and self._term_call.active():
+            self._term_call.cancel()
+        self._escalate()
+
     def _escalate(self) -> None:
         self._term_call = None
         self.log.warn("{label} (pid {pid}) did not exit; sending TERM", label=self.label, pid=self.pid)
@@ -531,31 +561,56 @@ class WorkerModel:
         return started.addCallbacks(loaded, failed)
 
     def unload(self) -> Deferred:
-        """Unload the model in every worker, then let each exit (freeing its memory)."""
+        """
+        Unload the model in every worker, then let each exit (freeing its memory). A
+        worker first finishes its requests in flight (a reload's old version serves
+        them to the end), for up to ``shutdown_timeout`` s.
+        """
         self.ready = False
         self.unloading = True
+        clock = self.pool.reactor
+
+        def unload(_: Any, worker: Worker) -> Any:
+            if worker.state != "ready":
+                return None
+            d = worker.call("unload")
+            d.addErrback(lambda f: self.log.warn("{label}: unload failed: {reason}", label=worker.label,
+                                                 reason=str(f.value)))
+            return d
 
         def one(worker: Worker) -> Deferred:
             worker.cancel_restart()
             if worker.state != "ready":
                 return worker.stop()
-            d = worker.call("unload")
-            d.addErrback(lambda f: self.log.warn("{label}: unload failed: {reason}", label=worker.label,
-                                                 reason=str(f.value)))
-            return d.addBoth(lambda _: worker.stop())
+            settled = worker.settled()
+            if not settled.called:
+                timeout = self.pool.settings.shutdown_timeout
+                settled.addTimeout(timeout, clock, onTimeoutCancel=lambda r, t: None)
+            return settled.addCallback(unload, worker).addBoth(lambda _: worker.stop())
 
         return gatherResults([one(w) for w in self.workers], consumeErrors=True).addCallback(lambda _: None)
+
+    @property
+    def unavailable(self) -> Optional[str]:
+        """
+        Why the model cannot serve although loaded: none of its workers is ready (each
+        died and waits for, or is in, its restart); None while one is. The registry's
+        readiness follows it.
+        """
+        if any(w.state == "ready" for w in self.workers):
+            return None
+        reasons = "; ".join(
+            f"worker {w.index} {w.last_exit}" + (", restarting" if w.restart_call is not None else "")
+            for w in self.workers
+            if w.last_exit
+        )
+        detail = f" ({reasons})" if reasons else ""
+        return f"model '{self.name}' has no worker ready{detail}"
 
     def _pick(self) -> Worker:
         ready = [w for w in self.workers if w.state == "ready"]
         if not ready:
-            reasons = "; ".join(
-                f"worker {w.index} {w.last_exit}" + (", restarting" if w.restart_call is not None else "")
-                for w in self.workers
-                if w.last_exit
-            )
-            detail = f" ({reasons})" if reasons else ""
-            raise Unavailable(f"model '{self.name}' has no worker ready{detail}")
+            raise Unavailable(self.unavailable or f"model '{self.name}' has no worker ready")
         turn = next(self._turn)
         n = len(ready)
         return min((ready[(turn + i) % n] for i in range(n)), key=lambda w: w.load)
@@ -666,8 +721,10 @@ class WorkerPool:
     restart_initial: float = 0.5
     restart_max: float = 30.0
     stable_after: float = 30.0
-    term_after: float = 5.0
-    kill_after: float = 5.0
+    #: Seconds a stopping worker has to exit on its own (after its model's unload), before TERM.
+    term_after: float = 3.0
+    #: Seconds after TERM before KILL. Their sum is the ``KILL_GRACE`` of a server's shutdown.
+    kill_after: float = 2.0
     environ: Optional[Dict[str, str]] = None
     #: Where the custom metrics of the children's runtimes are recorded (v2d.metrics.Metrics).
     metrics: Optional[Any] = None
@@ -678,6 +735,7 @@ class WorkerPool:
     _restarting: Dict[int, Worker] = attrs.field(factory=dict)
     _serial: Any = attrs.field(factory=lambda: itertools.count(1))
     _swept: bool = False
+    _stop_call: Any = None
     _metric_errors: set = attrs.field(factory=set)
     log = Logger()
 
@@ -764,12 +822,35 @@ class WorkerPool:
         """Workers whose process runs."""
         return list(self._live.values())
 
-    def stop(self) -> Deferred:
-        """End every child (close input, TERM, KILL); fires when all have exited."""
+    def shutting_down(self) -> None:
+        """
+        The server stops: no more restarts, and whichever worker still runs
+        ``term_after`` s from now (its model's unload hung, a ``predict`` blocks it)
+        gets TERM, then KILL ``kill_after`` s later. So the pool's end is bounded
+        however the unloads go.
+        """
+        if self.stopping:
+            return
         self.stopping = True
         for waiting in list(self._restarting.values()):
             waiting.cancel_restart()
+        self._stop_call = self.reactor.callLater(self.term_after, self._terminate_all)
+
+    def _terminate_all(self) -> None:
+        self._stop_call = None
+        for worker in self.live():
+            worker.terminate()
+
+    def stop(self) -> Deferred:
+        """End every child (close input, TERM, KILL); fires when all have exited."""
+        self.shutting_down()
         workers = self.live()
         if workers:
             self.log.info("stopping {n} worker process(es)", n=len(workers))
-        return gatherResults([w.stop() for w in workers], consumeErrors=True).addCallback(lambda _: None)
+
+        def done(_: Any) -> None:
+            if self._stop_call is not None and self._stop_call.active():
+                self._stop_call.cancel()
+            self._stop_call = None
+
+        return gatherResults([w.stop() for w in workers], consumeErrors=True).addBoth(done)

@@ -1,0 +1,215 @@
+"""
+Shutdown bounds and readiness that follows workers, in memory: the drain's deadline
+answers what is still in flight ``Unavailable``; the pool TERMs then KILLs a worker
+whose unload hangs; a reload's old worker finishes its requests before it unloads;
+readiness, strict server readiness and the repository index follow a provider's
+``unavailable``; a model folder's fingerprint changes with its files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from tests.unit.test_registry import FakeFactory, result_of, settings
+from tests.unit.test_workers import _loaded, _result, pool, reactor  # noqa: F401 - fixtures
+from v2d.dataplane import DataPlane
+from v2d.errors import Unavailable
+from v2d.registry import ModelRegistry
+from v2d.repository import ModelRepository
+from v2d.service import V2DService, folder_fingerprint
+from v2d.settings import Settings
+from v2d.types import InferenceRequest, InferenceResponse
+from v2d.workers._pool import CHILD_IN
+
+
+def _plane(tmp_path) -> Any:
+    factory = FakeFactory()
+    registry = ModelRegistry(factory_for=lambda s: factory)
+    model = result_of(registry.load(settings("m")))
+    return DataPlane(registry=registry, repository=ModelRepository(str(tmp_path), environ={})), model
+
+
+def test_drain_deadline_answers_what_is_in_flight_unavailable(tmp_path):
+    plane, model = _plane(tmp_path)
+    late = _result(plane.infer("m", None, InferenceRequest()))
+    clock = Clock()
+    drained = _result(plane.drain(clock, 5))
+    clock.advance(4.9)
+    assert late == [] and drained == []
+    clock.advance(0.1)
+    assert drained == [None]
+    (failure,) = late
+    assert isinstance(failure.value, Unavailable)
+    assert "shutting down: request still in flight after 5s" in str(failure.value)
+    assert plane.inflight == 0
+    model.pending.pop().callback(InferenceResponse(model_name="m"))  # a late answer is dropped quietly
+    assert clock.getDelayedCalls() == []
+
+
+def test_drain_that_empties_in_time_leaves_no_timer(tmp_path):
+    plane, model = _plane(tmp_path)
+    done = _result(plane.infer("m", None, InferenceRequest()))
+    clock = Clock()
+    drained = _result(plane.drain(clock, 5))
+    model.pending.pop().callback(InferenceResponse(model_name="m"))
+    assert drained == [None] and done[0].model_name == "m"
+    assert clock.getDelayedCalls() == []
+
+
+class Wrapper:
+    """A wrapper of a model (as batching's): readiness asks the model, not the wrapper."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.name = model.name
+
+
+def test_readiness_follows_the_provider(tmp_path):
+    factory = FakeFactory()
+    registry = ModelRegistry(factory_for=lambda s: factory, wrap=Wrapper)
+    result_of(registry.load(settings("m")))
+    result_of(registry.load(settings("n")))
+    plane = DataPlane(registry=registry, repository=ModelRepository(str(tmp_path), environ={}), started=True)
+    (m, _) = factory.made
+    assert plane.model_ready("m") and plane.ready()
+    m.unavailable = "model 'm' has no worker ready (worker 0 was killed by signal 9 (SIGKILL), restarting)"
+    assert not plane.model_ready("m") and plane.model_ready("n")
+    assert not plane.ready(), "strict readiness: a loaded model cannot serve"
+    index = {e["name"]: e for e in plane.repository_index()}
+    assert index["m"]["state"] == "UNAVAILABLE" and "SIGKILL" in index["m"]["reason"]
+    assert index["n"]["state"] == "READY"
+    assert [e["name"] for e in plane.repository_index(ready_only=True)] == ["n"]
+    m.unavailable = None
+    assert plane.model_ready("m") and plane.ready()
+    assert {e["state"] for e in plane.repository_index()} == {"READY"}
+
+
+def test_shutdown_terms_then_kills_a_worker_whose_unload_hangs(pool, reactor, tmp_path):  # noqa: F811
+    model = _loaded(pool, reactor, tmp_path)
+    (process,) = reactor.processes
+    pool.shutting_down()
+    unloaded = _result(model.unload())
+    assert process.last("unload"), "the unload is asked for"
+    reactor.advance(pool.term_after)
+    assert process.signals == ["TERM"]
+    reactor.advance(pool.kill_after)
+    assert process.signals == ["TERM", "KILL"]
+    assert unloaded == []
+    process.end(sig=9)
+    assert unloaded == [None]
+    assert _result(pool.stop()) == [None]
+    assert reactor.getDelayedCalls() == [] and len(reactor.processes) == 1, "no restart while stopping"
+
+
+def test_unload_waits_for_requests_in_flight(pool, reactor, tmp_path):  # noqa: F811
+    model = _loaded(pool, reactor, tmp_path)
+    (process,) = reactor.processes
+    answer = _result(model.predict(InferenceRequest()))
+    _, rid, _ = process.last("predict")
+    unloaded = _result(model.unload())
+    assert not any(isinstance(m, tuple) and m[0] == "unload" for m in process.messages), "not yet"
+    process.reply(("result", rid, InferenceResponse(model_name="m")))
+    assert answer[0].model_name == "m"
+    _, unload_rid, _ = process.last("unload")
+    process.reply(("unloaded", unload_rid, None))
+    assert CHILD_IN in process.closed
+    process.end(0)
+    assert unloaded == [None]
+
+
+def test_unload_waits_no_longer_than_the_shutdown_timeout(pool, reactor, tmp_path):  # noqa: F811
+    model = _loaded(pool, reactor, tmp_path)
+    (process,) = reactor.processes
+    model.predict(InferenceRequest())
+    model.unload()
+    reactor.advance(pool.settings.shutdown_timeout)
+    assert process.last("unload")
+
+
+def test_worker_model_says_why_it_cannot_serve(pool, reactor, tmp_path):  # noqa: F811
+    model = _loaded(pool, reactor, tmp_path)
+    assert model.unavailable is None
+    reactor.processes[0].end(sig=9)
+    assert "worker 0 was killed by signal 9 (SIGKILL), restarting" in model.unavailable
+    reactor.advance(pool.restart_initial)
+    assert model.unavailable is not None, "starting again is not ready yet"
+    reactor.processes[1].load()
+    assert model.unavailable is None
+
+
+def test_folder_fingerprint_follows_files(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "models.py").write_text("A = 1\n")
+    (folder / "__pycache__").mkdir()
+    first = folder_fingerprint([str(folder)])
+    (folder / "__pycache__" / "models.pyc").write_bytes(b"x")
+    (folder / ".hidden").write_text("x")
+    assert folder_fingerprint([str(folder)]) == first, "caches and hidden files do not count"
+    st = os.stat(folder / "models.py")
+    os.utime(folder / "models.py", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    second = folder_fingerprint([str(folder)])
+    assert second != first
+    (folder / "weights.bin").write_bytes(b"w")
+    assert folder_fingerprint([str(folder)]) not in (first, second)
+
+
+NUMBERED = """
+import numpy as np
+from v2d import MLModel
+from v2d.types import InferenceResponse, ResponseOutput
+
+class Numbered(MLModel):
+    def predict(self, payload):
+        data = np.array([{number}])
+        return InferenceResponse(
+            model_name=self.name, outputs=[ResponseOutput(name="n", shape=[1], datatype="INT64", data=data)]
+        )
+"""
+
+
+def _write(root, name: str, number: int) -> None:
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {"name": name, "implementation": "models.Numbered"}
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+    (folder / "models.py").write_text(NUMBERED.format(number=number))
+    # a second's step in mtime, whatever the file system's resolution
+    os.utime(folder / "models.py", (time.time() + number, time.time() + number))
+
+
+def _number(service: Any, name: str) -> int:
+    response = result_of(service.dataplane.infer(name, None, InferenceRequest()))
+    return int(response.outputs[0].data[0])
+
+
+def test_sighup_reload_follows_the_repository(tmp_path):
+    root = tmp_path / "models"
+    for name in ("changed", "same", "gone"):
+        _write(root, name, 1)
+    settings = Settings(models=str(root), grpc=None, rest=[], envs_dir="unused")
+    service = V2DService(settings, Clock(), environ={})
+    service.running = True
+    service._fingerprints = service._fingerprint_all()
+    result_of(service.dataplane.load_all())
+    same = service.registry.get("same")
+    result_of(service.dataplane.unload_model("gone"))
+    _write(root, "changed", 2)
+    _write(root, "new", 3)
+    shutil.rmtree(root / "gone")
+    assert result_of(service.reload_repository()) is None
+    assert (_number(service, "changed"), _number(service, "new")) == (2, 3)
+    assert service.registry.get("same") is same, "an unchanged model is left alone"
+    states = {name: versions[0][1:] for name, versions in service.registry.states().items()}
+    assert states["gone"] == ("UNAVAILABLE", "unloaded")
+
+    shutil.rmtree(root / "same")
+    result_of(service.reload_repository())
+    assert not service.registry.ready("same"), "a model whose folder is gone is unloaded"
+    assert _number(service, "changed") == 2
