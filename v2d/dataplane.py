@@ -22,6 +22,7 @@ from v2d._version import __version__
 from v2d.errors import FailedPrecondition, Internal, Unavailable, Unimplemented, V2DError
 from v2d.interfaces import IEncodedInference, IModelRegistry, IModelRepository
 from v2d.registry import describe_failure
+from v2d.tensors import check_requested_outputs
 from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataServerResponse
 
 __all__ = ["DataPlane"]
@@ -84,6 +85,8 @@ class DataPlane:
         """
         if model is None:
             model = self.admit(name, version)
+        if request.outputs:
+            check_requested_outputs(request, model.metadata())
 
         def complete(result: Any) -> InferenceResponse:
             return complete_response(result, model.name, model.version, request.id)

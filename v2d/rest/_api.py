@@ -331,11 +331,16 @@ class RestAPI:
     @app.handle_errors(HTTPException)
     def http_error(self, request: Any, failure: Failure) -> bytes:
         exc: Any = failure.value
-        request.setResponseCode(exc.code or 500)
+        code = exc.code or 500
+        if 300 <= code < 400:
+            # werkzeug redirects a path whose decoded form differs (e.g. %2F); v2d serves
+            # no such path and never builds a URL from the client's Host header
+            code = 404
+        request.setResponseCode(code)
         request.setHeader(b"content-type", _JSON)
-        if exc.code == 404:
+        if code == 404:
             message = f"no such endpoint: {request.method.decode()} {request.path.decode('latin-1')}"
-        elif exc.code == 405:
+        elif code == 405:
             message = f"method {request.method.decode()} not allowed on {request.path.decode('latin-1')}"
         else:
             message = exc.description or exc.name
