@@ -197,9 +197,12 @@ def test_grpc_mutual_tls(tmp_path, models):
 
     pki = make_pki(tmp_path / "pki")
     args = (
-        "--grpc-tls-cert", str(pki["server"]["cert"]),
-        "--grpc-tls-key", str(pki["server"]["key"]),
-        "--grpc-tls-client-ca", str(pki["ca"]["cert"]),
+        "--grpc-tls-cert",
+        str(pki["server"]["cert"]),
+        "--grpc-tls-key",
+        str(pki["server"]["key"]),
+        "--grpc-tls-client-ca",
+        str(pki["ca"]["cert"]),
     )
     ca = pki["ca"]["cert"].read_bytes()
 

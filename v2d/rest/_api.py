@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException
 
 from v2d.aio import as_deferred
-from v2d.errors import HTTP_STATUS_OF_KIND, Unimplemented, V2DError
+from v2d.errors import HTTP_STATUS_OF_KIND, InvalidArgument, Unimplemented, V2DError
 from v2d.headers import attach_headers, take_headers
 from v2d.modelconfig import model_config
 from v2d.rest._binary import HEADER_LENGTH, decode_infer_body, encode_infer_body
@@ -304,7 +304,9 @@ class RestAPI:
         ready_only = False
         if body.strip():
             doc = parse_json_object(body)
-            ready_only = bool(doc.get("ready", False))
+            ready_only = doc.get("ready", False)
+            if not isinstance(ready_only, bool):
+                raise InvalidArgument("ready must be true or false")
         request.setHeader(b"content-type", _JSON)
         return dumps(self.dataplane.repository_index(ready_only))
 
