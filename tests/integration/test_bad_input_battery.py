@@ -544,17 +544,35 @@ def test_grpc_bad_other_requests(daemon, method, request_name, response_name, fi
         _grpc_good(channel)
 
 
-def test_malformed_http_gets_4xx_and_server_serves(daemon):
-    """Requests Twisted itself refuses get a 4xx status; the server serves the next one."""
+def test_malformed_http_gets_json_400_and_server_serves(daemon):
+    """Requests the HTTP parser refuses get a 400 with {"error": ...}; the server serves the next one."""
     for raw in (
         b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
         b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"GET /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"GET /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nx",
+        b"GET /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+        b"GET /v2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"GET /v2 HTTP/1.1\r\n Host: x\r\n\r\n",
         b"GET /v2 HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET  /v2 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v2 HTTP/1.1 extra\r\nHost: x\r\n\r\n",
         b"GET /v2/models/\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     ):
         with socket.create_connection(("127.0.0.1", daemon.http_port), timeout=10) as s:
             s.sendall(raw)
-            answer = s.recv(65536)
-        assert answer.split(b" ", 2)[1].startswith(b"4"), (raw, answer)
+            answer = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), (raw, answer)
+        assert b"content-type: application/json" in head.lower(), (raw, answer)
+        assert "malformed HTTP request" in json.loads(body)["error"], (raw, answer)
         _good(daemon)
