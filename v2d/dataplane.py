@@ -85,11 +85,12 @@ class DataPlane:
         """
         if model is None:
             model = self.admit(name, version)
-        if request.outputs:
-            check_requested_outputs(request, model.metadata())
 
         def complete(result: Any) -> InferenceResponse:
-            return complete_response(result, model.name, model.version, request.id)
+            response = complete_response(result, model.name, model.version, request.id)
+            if request.outputs:
+                check_requested_outputs(request, response)
+            return response
 
         return self._serve(model, model.predict, (request,), complete)
 

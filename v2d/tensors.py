@@ -80,16 +80,18 @@ def check_names(request: Any) -> None:
             seen.add(item.name)
 
 
-def check_requested_outputs(request: Any, metadata: Any) -> None:
-    """InvalidArgument if the request asks for an output the model's metadata does not declare."""
-    declared = [t.name for t in (getattr(metadata, "outputs", None) or ())]
-    if not declared:
-        return  # the model declares no outputs: any name may be its own
+def check_requested_outputs(request: Any, response: Any) -> None:
+    """
+    InvalidArgument if the request asked for an output the model did not return: its
+    name is unknown to the model (checked on the response, since a model may return
+    outputs it does not declare in its metadata).
+    """
+    returned = {output.name for output in response.outputs}
     for i, requested in enumerate(request.outputs or ()):
-        if requested.name not in declared:
+        if requested.name not in returned:
             raise InvalidArgument(
-                f"outputs[{i}].name: the model has no output {requested.name!r} "
-                f"(its outputs: {', '.join(declared)})"
+                f"outputs[{i}].name: model '{response.model_name}' has no output {requested.name!r} "
+                f"(it returned: {', '.join(sorted(returned)) or 'none'})"
             )
 
 
