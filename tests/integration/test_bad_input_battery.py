@@ -576,3 +576,30 @@ def test_malformed_http_gets_json_400_and_server_serves(daemon):
         assert b"content-type: application/json" in head.lower(), (raw, answer)
         assert "malformed HTTP request" in json.loads(body)["error"], (raw, answer)
         _good(daemon)
+
+
+WORKER_CASES = ["shape-65-dims", "shape-0-2**62", "duplicate-inputs", "parameters-headers", "raw-size"]
+
+
+def test_bad_inputs_decoded_in_a_worker_child(tmp_path):
+    """With ``--workers 1`` small gRPC requests are decoded in the worker: the same errors come back."""
+    from v2d.grpc._messages import pb
+
+    (tmp_path / "echo").mkdir()
+    (tmp_path / "echo" / "model-settings.json").write_text(json.dumps(SETTINGS))
+    (tmp_path / "echo" / "models.py").write_text(ECHO)
+    cases = {c[0]: c[1:] for c in _grpc_cases()}
+    with Daemon(str(tmp_path), "--workers", "1") as d, grpc.insecure_channel(d.grpc_address) as channel:
+        infer = _stub(channel, "ModelInfer", pb.ModelInferRequest, pb.ModelInferResponse)
+        for case in WORKER_CASES:
+            message, fragment, code = cases[case]
+            with pytest.raises(grpc.RpcError) as info:
+                infer(message, timeout=10)
+            assert info.value.code() == getattr(grpc.StatusCode, code), (case, info.value.details())
+            assert fragment in info.value.details(), (case, info.value.details())
+            _grpc_good(channel)
+        for case, body, fragment in REST_BODIES:
+            if case in ("fp32-1e39", "output-unknown", "parameters-headers-string", "shape-65-dims"):
+                status, answer, _ = http_json("POST", d.url + "/v2/models/echo/infer", body)
+                _check_error(status, answer, fragment)
+                _good(d)
