@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = [
     "GROUPS",
@@ -46,8 +46,8 @@ class Restriction:
         self.key = key.lower()
         self.value = value
 
-    def allows(self, headers: Mapping[str, str], prefixes: Tuple[str, ...] = ("",)) -> bool:
-        """Whether ``headers`` (names lower-cased) carry the key with the value."""
+    def allows(self, headers: Any, prefixes: Tuple[str, ...] = ("",)) -> bool:
+        """Whether ``headers`` (a mapping, or anything with ``get(name)``) carry the key with the value."""
         expected = self.value.encode("utf-8")
         for prefix in prefixes:
             sent = headers.get(prefix + self.key)
@@ -79,7 +79,7 @@ class Restrictions:
     """The restrictions of one transport, by group."""
 
     def __init__(self, restrictions: Iterable[Restriction] = ()) -> None:
-        self.by_group = {}
+        self.by_group: Dict[str, Restriction] = {}
         for restriction in restrictions:
             for group in restriction.groups:
                 self.by_group[group] = restriction
@@ -113,7 +113,7 @@ class Restrictions:
         return cls(parsed)
 
     def refusal(
-        self, group: Optional[str], headers: Mapping[str, str], prefixes: Tuple[str, ...] = ("",)
+        self, group: Optional[str], headers: Any, prefixes: Tuple[str, ...] = ("",)
     ) -> Optional[str]:
         """None if a request to ``group`` may pass, else the message to refuse it with."""
         if group is None:

@@ -24,7 +24,9 @@ class JSONErrorChannel(HTTPChannel):
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         body = error_body(MALFORMED)
-        self.transport.write(
+        transport = self.transport
+        assert transport is not None
+        transport.write(
             b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
         )

@@ -130,5 +130,5 @@ def make_site(resource: IResource, max_body_size: int, access_log: bool = False,
     # through the email package on every POST, a large share of a small request.
     site._parsePOSTFormSubmission = False
     site.noisy = False
-    site.protocol = JSONErrorChannel  # malformed requests get {"error": ...}
+    site.protocol = JSONErrorChannel  # type: ignore[method-assign,assignment]  # malformed requests: JSON
     return site
