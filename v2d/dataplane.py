@@ -23,6 +23,7 @@ from v2d._version import __version__
 from v2d.errors import FailedPrecondition, Internal, Unavailable, Unimplemented, V2DError
 from v2d.interfaces import IEncodedInference, IModelRegistry, IModelRepository
 from v2d.registry import describe_failure
+from v2d.tensors import check_requested_outputs
 from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataServerResponse
 
 __all__ = ["DataPlane"]
@@ -91,7 +92,10 @@ class DataPlane:
             model = self.admit(name, version)
 
         def complete(result: Any) -> InferenceResponse:
-            return complete_response(result, model.name, model.version, request.id)
+            response = complete_response(result, model.name, model.version, request.id)
+            if request.outputs:
+                check_requested_outputs(request, response)
+            return response
 
         return self._serve(model, model.predict, (request,), complete)
 

@@ -8,11 +8,35 @@ the body and sent back as HTTP headers (or gRPC metadata).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
-from v2d.types import HeaderDict, InferenceRequest, InferenceResponse, Parameters
+from v2d.errors import InvalidArgument
+from v2d.types import DECODED_PARAMETER, HeaderDict, InferenceRequest, InferenceResponse, Parameters
 
-__all__ = ["attach_headers", "extract_headers", "insert_headers", "take_headers"]
+__all__ = ["attach_headers", "client_parameters", "extract_headers", "insert_headers", "take_headers"]
+
+
+def client_parameters(values: Mapping[str, Any], field: str) -> Parameters:
+    """
+    A client's parameters object, checked: ``content_type`` a string, ``headers`` an
+    object of strings, the codecs' cache key refused; InvalidArgument naming the field.
+    Any other key is kept (even one named like a method of Parameters, which it does not hide).
+    """
+    content_type = values.get("content_type")
+    if content_type is not None and not isinstance(content_type, str):
+        raise InvalidArgument(f"{field}.content_type must be a string")
+    headers = values.get("headers")
+    if headers is not None:
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise InvalidArgument(f"{field}.headers must be an object of strings")
+    if DECODED_PARAMETER in values:
+        raise InvalidArgument(f"{field}.{DECODED_PARAMETER} is reserved")
+    for key in values:
+        if not isinstance(key, str) or not key:
+            raise InvalidArgument(f"{field} has an invalid key {key!r}")
+    return Parameters(**values)
 
 
 def attach_headers(payload: InferenceRequest, headers: HeaderDict) -> None:

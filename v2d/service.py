@@ -41,6 +41,7 @@ from v2d.rest import RestAPI, make_site
 from v2d.rest._cors import CORSPolicy
 from v2d.rest._custom import CustomRoutes, klein_serves
 from v2d.rest._router import RootResource
+from v2d.restricted import Restrictions
 from v2d.settings import ModelSettings, Settings
 from v2d.wrappers import LocalModelFactory, LoopWatch, ModelThreads
 
@@ -129,6 +130,8 @@ class V2DService(Service):
             routes=self.custom_routes,
             root_path=settings.root_path,
             cors=cors,
+            restrictions=Restrictions.parse(settings.http_restricted_api, "http_restricted_api"),
+            metrics_path=None if settings.metrics else (settings.metrics_path or "").encode() or None,
         )
         self.site = make_site(root, settings.max_body_size, settings.access_logged)
         self.ports: List[Any] = []

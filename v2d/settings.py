@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from v2d.restricted import Restrictions
 from v2d.types import DATATYPES, MetadataTensor, Parameters
 
 __all__ = [
@@ -412,6 +413,9 @@ class Settings:
     grpc_max_message_size: int = 512 * MiB
     grpc_tls_cert: Optional[str] = None
     grpc_tls_key: Optional[str] = None
+    grpc_tls_client_ca: Optional[str] = None
+    http_restricted_api: List[str] = field(default_factory=list)
+    grpc_restricted_protocol: List[str] = field(default_factory=list)
     shutdown_timeout: float = 30.0
     server_name: str = "v2d"
     server_version: Optional[str] = None
@@ -438,6 +442,9 @@ class Settings:
         "grpc_max_message_size": int,
         "grpc_tls_cert": str,
         "grpc_tls_key": str,
+        "grpc_tls_client_ca": str,
+        "http_restricted_api": list,
+        "grpc_restricted_protocol": list,
         "shutdown_timeout": float,
         "server_name": str,
         "server_version": str,
@@ -603,6 +610,13 @@ class Settings:
             found.append("field 'grpc_max_message_size' must be positive")
         if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
             found.append("fields 'grpc_tls_cert' and 'grpc_tls_key' go together")
+        if self.grpc_tls_client_ca is not None and self.grpc_tls_cert is None:
+            found.append("field 'grpc_tls_client_ca' needs 'grpc_tls_cert' and 'grpc_tls_key' (TLS)")
+        for name in ("http_restricted_api", "grpc_restricted_protocol"):
+            try:
+                Restrictions.parse(getattr(self, name), f"field '{name}'")
+            except ValueError as e:
+                found.append(str(e))
         if not self.rest:
             found.append("field 'rest' needs at least one endpoint")
         if self.retain_memory < 0:

@@ -106,6 +106,9 @@ def _non_negative(option: str, kind: Any = int, what: str = "a whole number") ->
     return coerce
 
 
+#: The repeatable restricted-API options (settings of the same names).
+_RESTRICTED = ("http_restricted_api", "grpc_restricted_protocol")
+
 #: The keys of the repeatable CORS options (``cors_settings`` fields).
 _CORS_LISTS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers")
 
@@ -193,6 +196,15 @@ class Options(usage.Options):
             "Largest gRPC message in bytes [default: 512 MiB].",
             _non_negative("grpc-max-message-size"),
         ],
+        ["grpc-tls-cert", None, None, "gRPC TLS: the server's certificate chain (PEM file) [default: none]."],
+        ["grpc-tls-key", None, None, "gRPC TLS: the server's private key (PEM file)."],
+        [
+            "grpc-tls-client-ca",
+            None,
+            None,
+            "gRPC mutual TLS: CA certificates (PEM file); clients must present a certificate "
+            "signed by one of them [default: no client certificates asked for].",
+        ],
         [
             "shutdown-timeout",
             None,
@@ -239,12 +251,22 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        for key in ("rest",) + _CORS_LISTS:
+        for key in ("rest",) + _CORS_LISTS + _RESTRICTED:
             self[key] = []
 
     def opt_rest(self, endpoint: str) -> None:
         """REST listen endpoint, a strports string; repeatable [default: tcp:8080]."""
         self["rest"].append(endpoint)
+
+    def opt_http_restricted_api(self, restriction: str) -> None:
+        """REST: serve the named API groups only to requests carrying a header,
+        GROUP[,GROUP...]:KEY=VALUE (e.g. model-repository:admin-key=SECRET); repeatable."""
+        self["http_restricted_api"].append(restriction)
+
+    def opt_grpc_restricted_protocol(self, restriction: str) -> None:
+        """gRPC: serve the named API groups only to calls carrying metadata,
+        GROUP[,GROUP...]:KEY=VALUE (e.g. model-repository:admin-key=SECRET); repeatable."""
+        self["grpc_restricted_protocol"].append(restriction)
 
     def opt_cors_allow_origin(self, origin: str) -> None:
         """CORS: an origin allowed to make cross-origin requests, or '*'; repeatable."""
@@ -314,7 +336,11 @@ class Options(usage.Options):
             "metrics_path": self["metrics-path"],
             "root_path": self["root-path"],
             "cors_settings": cors or None,
+            "grpc_tls_cert": self["grpc-tls-cert"],
+            "grpc_tls_key": self["grpc-tls-key"],
+            "grpc_tls_client_ca": self["grpc-tls-client-ca"],
         }
+        overrides.update({key: self[key] or None for key in _RESTRICTED})
         settings = self["settings"] = Settings.load(config, environ, overrides, defaults)
         # A bare port is a TCP port, as for ``twistd web --listen``.
         settings.rest = [f"tcp:{d}" if d.strip().isdigit() else d for d in settings.rest]

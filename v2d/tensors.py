@@ -17,7 +17,10 @@ from v2d.errors import InvalidArgument
 from v2d.types import DATATYPES, datatype_of
 
 __all__ = [
+    "MAX_DIMS",
     "bytes_elements",
+    "check_names",
+    "check_requested_outputs",
     "check_shape",
     "decode_json_tensor",
     "decode_raw_tensor",
@@ -39,16 +42,57 @@ def shape_size(shape: Sequence[int]) -> int:
     return n
 
 
+#: The most dimensions a request tensor may have (numpy's own limit).
+MAX_DIMS = 64
+
+#: The most elements the non-zero dimensions of a shape may multiply to (far beyond any
+#: tensor that fits in memory; keeps numpy's size arithmetic from overflowing).
+MAX_ELEMENTS = 2**48
+
+
 def check_shape(shape: Any, field: str) -> List[int]:
-    """A valid request shape (non-negative integers) or InvalidArgument."""
+    """A valid request shape (non-negative integers, not too many nor too big) or InvalidArgument."""
     if not isinstance(shape, (list, tuple)):
         raise InvalidArgument(f"{field}: shape must be a list of integers")
+    if len(shape) > MAX_DIMS:
+        raise InvalidArgument(f"{field}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are allowed")
+    product = 1
     for d in shape:
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:
             raise InvalidArgument(
                 f"{field}: shape must be a list of non-negative integers, got {list(shape)!r}"
             )
+        product *= d or 1
+        if product > MAX_ELEMENTS:
+            raise InvalidArgument(
+                f"{field}: shape {list(shape)} is too large (its dimensions multiply past {MAX_ELEMENTS})"
+            )
     return list(shape)
+
+
+def check_names(request: Any) -> None:
+    """InvalidArgument if two inputs, or two requested outputs, share a name."""
+    for what, items in (("inputs", request.inputs), ("outputs", request.outputs or ())):
+        seen = set()
+        for i, item in enumerate(items):
+            if item.name in seen:
+                raise InvalidArgument(f"{what}[{i}].name: {what[:-1]} {item.name!r} is given more than once")
+            seen.add(item.name)
+
+
+def check_requested_outputs(request: Any, response: Any) -> None:
+    """
+    InvalidArgument if the request asked for an output the model did not return: its
+    name is unknown to the model (checked on the response, since a model may return
+    outputs it does not declare in its metadata).
+    """
+    returned = {output.name for output in response.outputs}
+    for i, requested in enumerate(request.outputs or ()):
+        if requested.name not in returned:
+            raise InvalidArgument(
+                f"outputs[{i}].name: model '{response.model_name}' has no output {requested.name!r} "
+                f"(it returned: {', '.join(sorted(returned)) or 'none'})"
+            )
 
 
 def _size_mismatch(field: str, got: int, shape: Sequence[int]) -> InvalidArgument:
@@ -127,7 +171,13 @@ def decode_json_tensor(datatype: str, shape: Sequence[int], data: Any, field: st
             raise InvalidArgument(f"{field}: data holds values out of range for datatype {datatype}")
         arr = arr.astype(dtype, copy=False)
     else:
-        arr = arr.astype(dtype, copy=False)
+        wide = arr
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = arr.astype(dtype, copy=False)
+        if dtype.itemsize < wide.dtype.itemsize and not np.isfinite(arr).all():
+            finite = np.isfinite(wide) if wide.dtype.kind == "f" else np.ones(wide.shape, bool)
+            if (finite & ~np.isfinite(arr)).any():
+                raise InvalidArgument(f"{field}: data holds values out of range for datatype {datatype}")
     if arr.size != shape_size(shape):
         raise _size_mismatch(field, arr.size, shape)
     return arr.reshape(shape)

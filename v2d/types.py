@@ -485,6 +485,35 @@ class Parameters:
     json = model_dump_json
 
 
+class _Unhidden:
+    """
+    A method of Parameters that a parameter of the same name cannot hide: a data
+    descriptor wins over the instance's ``__dict__``, where the parameter's value stays
+    (``get(name)``, ``to_dict()``, iteration see it; setting the attribute sets it).
+    """
+
+    def __init__(self, name: str, method: Any) -> None:
+        self.name = name
+        self.method = method
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        return self.method.__get__(obj, cls)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+    def __delete__(self, obj: Any) -> None:
+        obj.__dict__.pop(self.name, None)
+
+
+for _name, _value in list(vars(Parameters).items()):
+    if not _name.startswith("__") and callable(getattr(_value, "__get__", None)) and (
+        callable(_value) or isinstance(_value, (classmethod, staticmethod))
+    ):
+        setattr(Parameters, _name, _Unhidden(_name, _value))
+del _name, _value
+
+
 @dataclass(eq=False)
 class RequestInput(_Message):
     """One input tensor of a request."""

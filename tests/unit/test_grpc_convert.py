@@ -96,7 +96,7 @@ def test_mixing_raw_and_typed_is_refused():
             lambda m: m.inputs.add(name="x", datatype="FP8", shape=[1]),
             "inputs[0] ('x').datatype: unknown datatype",
         ),
-        (lambda m: m.inputs.add(name="x", datatype="FP32", shape=[-1]), "inputs[0] ('x').shape"),
+        (lambda m: m.inputs.add(name="x", datatype="FP32", shape=[-1]), "inputs[0] ('x'): shape"),
         (lambda m: m.inputs.add(name="x", datatype="FP32", shape=[2]), "inputs[0] ('x'): no data"),
         (
             lambda m: m.inputs.add(name="x", datatype="FP16", shape=[1]).contents.fp32_contents.append(1),

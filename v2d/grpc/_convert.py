@@ -18,7 +18,16 @@ from google.protobuf.message import DecodeError
 
 from v2d.errors import Internal, InvalidArgument
 from v2d.grpc._messages import pb
-from v2d.tensors import decode_raw_tensor, flat_output, infer_datatype, pack_bytes, shape_size
+from v2d.headers import client_parameters
+from v2d.tensors import (
+    check_names,
+    check_shape,
+    decode_raw_tensor,
+    flat_output,
+    infer_datatype,
+    pack_bytes,
+    shape_size,
+)
 from v2d.types import (
     DATATYPES,
     HeaderDict,
@@ -129,7 +138,7 @@ def _parameters_of(params: Mapping[str, Any], field: str) -> Optional[Parameters
         return None
     if "headers" in values:
         raise InvalidArgument(f"{field}parameters['headers'] is reserved: send headers as gRPC metadata")
-    return Parameters(**values)
+    return client_parameters(values, f"{field}parameters")
 
 
 # -- metadata ---------------------------------------------------------------------
@@ -199,14 +208,6 @@ def _typed_data(contents: Any, datatype: str, shape: List[int], field: str) -> A
             )
         return wide.astype(dtype).reshape(shape)
     return np.asarray(values, dtype=dtype).reshape(shape)
-
-
-def _shape(values: Sequence[int], field: str) -> List[int]:
-    shape = list(values)
-    for d in shape:
-        if d < 0:
-            raise InvalidArgument(f"{field}.shape must hold non-negative integers, got {shape}")
-    return shape
 
 
 #: ``ModelInferRequest.raw_input_contents`` is field 7.
@@ -308,7 +309,7 @@ def decode_infer_request(
             raise InvalidArgument(
                 f"{where}.datatype: unknown datatype {datatype!r} (expected one of {', '.join(DATATYPES)})"
             )
-        shape = _shape(tensor.shape, where)
+        shape = check_shape(list(tensor.shape), where)
         has_contents = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
         if raw:
             if has_contents:
@@ -348,6 +349,7 @@ def decode_infer_request(
         inputs=inputs,
         outputs=outputs,
     )
+    check_names(request)
     return message.model_name, message.model_version or None, request, raw or not inputs
 
 

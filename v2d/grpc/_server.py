@@ -3,8 +3,9 @@ The gRPC server: grpc.aio on the reactor's own asyncio loop, started and stopped
 through Deferreds (v2d.aio is the seam).
 
 It serves ``inference.GRPCInferenceService``, ``grpc.health.v1.Health`` (from
-readiness) and server reflection, with the configured message size limit and optional
-TLS.
+readiness) and server reflection, with the configured message size limit, optional
+TLS (and client certificates: mutual TLS), and the restricted groups of
+``grpc_restricted_protocol`` refused without their metadata (PERMISSION_DENIED).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from v2d.aio import as_deferred
 from v2d.grpc._health import ReadinessHealth
 from v2d.grpc._messages import POOL, SERVICE_NAME
 from v2d.grpc._service import InferenceServicer
+from v2d.restricted import GRPC_METADATA_PREFIX, Restrictions, grpc_group
 
 __all__ = ["GRPCServer", "reflection_pool"]
 
@@ -44,6 +46,53 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
             dep.CopyToProto(proto)
             pool.Add(proto)
     return pool
+
+
+def _tls_note(settings: Any) -> str:
+    if settings.grpc_tls_client_ca:
+        return " (TLS, client certificates required)"
+    return " (TLS)" if settings.grpc_tls_cert else ""
+
+
+def _refuse(message: str) -> Any:
+    async def refuse(request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+
+    return refuse
+
+
+class RestrictedInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls to restricted groups (v2d.restricted) that lack the opening metadata."""
+
+    _PREFIXES = ("", GRPC_METADATA_PREFIX)
+
+    def __init__(self, restrictions: Restrictions) -> None:
+        self.restrictions = restrictions
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        group = grpc_group(details.method)
+        if handler is None or group is None or group not in self.restrictions.by_group:
+            return handler
+        metadata = {}
+        for key, value in details.invocation_metadata or ():
+            if isinstance(value, str):
+                metadata[key.lower()] = value
+        message = self.restrictions.refusal(group, metadata, self._PREFIXES)
+        if message is None:
+            return handler
+        refuse = _refuse(message)
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(bool(handler.request_streaming), bool(handler.response_streaming))]
+        return make(
+            refuse,
+            request_deserializer=None,  # refused unread
+            response_serializer=handler.response_serializer,
+        )
 
 
 def _loop(reactor: Any) -> asyncio.AbstractEventLoop:
@@ -79,7 +128,9 @@ class GRPCServer:
         return as_deferred(self._start(), loop=_loop(self.reactor))
 
     async def _start(self) -> int:
-        server = grpc.aio.server(options=self.options())
+        restrictions = Restrictions.parse(self.settings.grpc_restricted_protocol, "grpc_restricted_protocol")
+        interceptors = [RestrictedInterceptor(restrictions)] if restrictions else []
+        server = grpc.aio.server(options=self.options(), interceptors=interceptors)
         servicer = InferenceServicer(self.dataplane)
         server.add_generic_rpc_handlers((servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(self.dataplane), server)
@@ -92,7 +143,14 @@ class GRPCServer:
                 cert = f.read()
             with open(self.settings.grpc_tls_key, "rb") as f:
                 key = f.read()
-            port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+            client_ca = None
+            if self.settings.grpc_tls_client_ca:
+                with open(self.settings.grpc_tls_client_ca, "rb") as f:
+                    client_ca = f.read()
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+            )
+            port = server.add_secure_port(address, credentials)
         else:
             port = server.add_insecure_port(address)
         if not port:
@@ -102,7 +160,7 @@ class GRPCServer:
         self.log.info(
             "gRPC listening on {address}{tls}",
             address=address,
-            tls=" (TLS)" if self.settings.grpc_tls_cert else "",
+            tls=_tls_note(self.settings),
         )
         return port
 

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException
 
 from v2d.aio import as_deferred
-from v2d.errors import HTTP_STATUS_OF_KIND, Unimplemented, V2DError
+from v2d.errors import HTTP_STATUS_OF_KIND, InvalidArgument, Unimplemented, V2DError
 from v2d.headers import attach_headers, take_headers
 from v2d.modelconfig import model_config
 from v2d.rest._binary import HEADER_LENGTH, decode_infer_body, encode_infer_body
@@ -304,7 +304,9 @@ class RestAPI:
         ready_only = False
         if body.strip():
             doc = parse_json_object(body)
-            ready_only = bool(doc.get("ready", False))
+            ready_only = doc.get("ready", False)
+            if not isinstance(ready_only, bool):
+                raise InvalidArgument("ready must be true or false")
         request.setHeader(b"content-type", _JSON)
         return dumps(self.dataplane.repository_index(ready_only))
 
@@ -331,11 +333,16 @@ class RestAPI:
     @app.handle_errors(HTTPException)
     def http_error(self, request: Any, failure: Failure) -> bytes:
         exc: Any = failure.value
-        request.setResponseCode(exc.code or 500)
+        code = exc.code or 500
+        if 300 <= code < 400:
+            # werkzeug redirects a path whose decoded form differs (e.g. %2F); v2d serves
+            # no such path and never builds a URL from the client's Host header
+            code = 404
+        request.setResponseCode(code)
         request.setHeader(b"content-type", _JSON)
-        if exc.code == 404:
+        if code == 404:
             message = f"no such endpoint: {request.method.decode()} {request.path.decode('latin-1')}"
-        elif exc.code == 405:
+        elif code == 405:
             message = f"method {request.method.decode()} not allowed on {request.path.decode('latin-1')}"
         else:
             message = exc.description or exc.name

@@ -13,7 +13,8 @@ import numpy as np
 import orjson
 
 from v2d.errors import Internal, InvalidArgument
-from v2d.tensors import check_shape, decode_json_tensor, flat_output, shape_size
+from v2d.headers import client_parameters
+from v2d.tensors import check_names, check_shape, decode_json_tensor, flat_output, shape_size
 from v2d.types import (
     DATATYPES,
     InferenceRequest,
@@ -57,10 +58,7 @@ def _parameters(value: Any, field: str) -> Optional[Parameters]:
         return None
     if not isinstance(value, dict):
         raise InvalidArgument(f"{field} must be an object")
-    try:
-        return Parameters(**value)
-    except TypeError:
-        raise InvalidArgument(f"{field} has an invalid key") from None
+    return client_parameters(value, field)
 
 
 def _string(value: Any, field: str, required: bool = True) -> Optional[str]:
@@ -130,12 +128,14 @@ def decode_request(doc: Dict[str, Any], binary: Any = None) -> InferenceRequest:
                     parameters=_parameters(item.get("parameters"), f"outputs[{i}].parameters"),
                 )
             )
-    return InferenceRequest(
+    request = InferenceRequest(
         id=request_id,
         parameters=_parameters(doc.get("parameters"), "parameters"),
         inputs=inputs,
         outputs=outputs,
     )
+    check_names(request)
+    return request
 
 
 def _json_bytes_items(items: List[Any], name: str) -> List[str]:

@@ -3,8 +3,10 @@ The REST root resource: inference requests go straight to their handler, a few f
 paths (``/metrics``) and the runtimes' custom handlers (``routes``, by method and path)
 to their own resources; every other path goes through Klein.
 
-Before that, the CORS policy (if any) sees each request, and a path under
-``root_path`` (the prefix a proxy serves v2d under) is served as the path without it.
+Before that, the CORS policy (if any) sees each request, a path under ``root_path``
+(the prefix a proxy serves v2d under) is served as the path without it, and a request
+to a restricted API group (``http_restricted_api``) without the header that opens it
+gets 403.
 
 Klein (werkzeug) routing costs a noticeable share of a small request's time, so the
 one hot route, ``POST /v2/models/{m}[/versions/{v}]/infer``, is matched here with one
@@ -22,6 +24,9 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
+from v2d.rest._json import error_body
+from v2d.restricted import Restrictions, rest_group
+
 __all__ = ["RootResource"]
 
 _INFER = re.compile(rb"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
@@ -31,6 +36,19 @@ log = Logger()
 def _segment(raw: bytes) -> str:
     text = raw.decode("utf-8", "replace")
     return unquote(text) if "%" in text else text
+
+
+class _RequestHeaders:
+    """A request's headers as the read-only mapping v2d.restricted asks (``get`` by name)."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.request.getHeader(name)
+        return default if value is None else value
 
 
 class RootResource(Resource):
@@ -46,6 +64,8 @@ class RootResource(Resource):
         routes: Optional[Any] = None,
         root_path: str = "",
         cors: Optional[Any] = None,
+        restrictions: Optional[Restrictions] = None,
+        metrics_path: Optional[bytes] = None,
     ) -> None:
         super().__init__()
         self.api = api
@@ -56,6 +76,9 @@ class RootResource(Resource):
         self.root_path = root_path.rstrip("/").encode("utf-8")
         self._root_segments = self.root_path.split(b"/")[1:] if self.root_path else []
         self.cors = cors
+        #: The restricted API groups (v2d.restricted); ``metrics_path`` is the metrics group.
+        self.restrictions = restrictions or None
+        self.metrics_path = metrics_path
 
     def _path(self, request: Any) -> bytes:
         """The path to route: without ``root_path`` when it starts with it (Klein is told too)."""
@@ -78,6 +101,13 @@ class RootResource(Resource):
             if answer is not None:
                 return answer
         path = self._path(request) if self.root_path else request.path
+        if self.restrictions is not None:
+            group = rest_group(path, self.metrics_path)
+            refusal = self.restrictions.refusal(group, _RequestHeaders(request))
+            if refusal is not None:
+                request.setResponseCode(403)
+                request.setHeader(b"content-type", b"application/json")
+                return error_body(refusal)
         if request.method == b"POST":
             match = _INFER.match(path)
             if match is not None:

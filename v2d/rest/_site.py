@@ -13,6 +13,7 @@ from typing import Any, Optional
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from v2d.rest._channel import JSONErrorChannel
 from v2d.rest._json import error_body
 
 __all__ = ["V2DRequest", "make_site"]
@@ -129,4 +130,5 @@ def make_site(resource: IResource, max_body_size: int, access_log: bool = False,
     # through the email package on every POST, a large share of a small request.
     site._parsePOSTFormSubmission = False
     site.noisy = False
+    site.protocol = JSONErrorChannel  # type: ignore[method-assign,assignment]  # malformed requests: JSON
     return site
