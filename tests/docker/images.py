@@ -11,13 +11,13 @@ import ssl
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
 from tests.support.daemon import http_json, package_root
 
-__all__ = ["Container", "build_args", "host_ca_bundle", "v2d_build"]
+__all__ = ["Container", "build_args", "host_ca_bundle", "ready_containers", "v2d_build"]
 
 
 def host_ca_bundle() -> Optional[str]:
@@ -55,19 +55,27 @@ def build_args(base: str) -> List[str]:
 class Container:
     """One running container of the image, its REST and gRPC ports published on 127.0.0.1."""
 
-    def __init__(self, engine: Any, tag: str, env: Optional[Dict[str, str]] = None, **options: Any) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        tag: str,
+        env: Optional[Dict[str, str]] = None,
+        rest_port: int = 8080,
+        grpc_port: int = 8081,
+        **options: Any,
+    ) -> None:
         self.container = engine.containers.run(
             tag,
             detach=True,
             user="12345:0",
             environment=env or {},
-            ports={"8080/tcp": ("127.0.0.1", None), "8081/tcp": ("127.0.0.1", None)},
+            ports={f"{rest_port}/tcp": ("127.0.0.1", None), f"{grpc_port}/tcp": ("127.0.0.1", None)},
             **options,
         )
         self.container.reload()
-        self.port = int(self.container.ports["8080/tcp"][0]["HostPort"])
+        self.port = int(self.container.ports[f"{rest_port}/tcp"][0]["HostPort"])
         self.url = f"http://127.0.0.1:{self.port}"
-        self.grpc_address = f"127.0.0.1:{self.container.ports['8081/tcp'][0]['HostPort']}"
+        self.grpc_address = f"127.0.0.1:{self.container.ports[f'{grpc_port}/tcp'][0]['HostPort']}"
 
     def logs(self) -> str:
         return self.container.logs().decode("utf-8", "replace")
@@ -88,3 +96,22 @@ class Container:
 
     def remove(self) -> None:
         self.container.remove(force=True)
+
+
+def ready_containers(engine: Any, tag: str) -> Iterator[Callable[..., Container]]:
+    """
+    For a fixture: yields ``start(env=None, **options)``, which runs a container of
+    ``tag`` (options as for ``Container``) and waits until it is ready; every container
+    started is removed afterwards.
+    """
+    made: List[Container] = []
+
+    def start(env: Optional[Dict[str, str]] = None, **options: Any) -> Container:
+        c = Container(engine, tag, env, **options)
+        made.append(c)
+        c.wait_ready()
+        return c
+
+    yield start
+    for c in made:
+        c.remove()

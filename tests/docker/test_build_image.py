@@ -16,11 +16,11 @@ import os
 import shutil
 import time
 import uuid
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator
 
 import pytest
 
-from tests.docker.images import Container, build_args, v2d_build
+from tests.docker.images import Container, build_args, ready_containers, v2d_build
 from tests.support.daemon import http_json
 from tests.support.docker_engine import base_image, docker_client, docker_host
 
@@ -104,17 +104,7 @@ def image(engine, base, tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture
 def container(engine, image) -> Iterator[Any]:
-    made: List[Container] = []
-
-    def start(env: Optional[Dict[str, str]] = None, **options: Any) -> Container:
-        c = Container(engine, image, env, **options)
-        made.append(c)
-        c.wait_ready()
-        return c
-
-    yield start
-    for c in made:
-        c.remove()
+    yield from ready_containers(engine, image)
 
 
 def test_the_base_image_lacks_the_extra_package(engine, base):

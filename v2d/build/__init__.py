@@ -14,12 +14,20 @@ from v2d.build._dockerfile import (
     render_dockerignore,
 )
 from v2d.build._engine import BuildError, BuildFailed, EngineUnavailable
-from v2d.build._runtime import RuntimeFolder, RuntimeFolderError, exposed_ports, scan_runtime
+from v2d.build._runtime import (
+    KSERVE_MODELS_DIR,
+    RuntimeFolder,
+    RuntimeFolderError,
+    exposed_ports,
+    scan_generic,
+    scan_runtime,
+)
 from v2d.build._wheel import WheelError, build_v2d_wheel
 
 __all__ = [
     "DEFAULT_BASE_IMAGE",
     "IMAGE_UID",
+    "KSERVE_MODELS_DIR",
     "BuildError",
     "BuildFailed",
     "BuildFiles",
@@ -34,6 +42,7 @@ __all__ = [
     "prepare_build_files",
     "render_dockerfile",
     "render_dockerignore",
+    "scan_generic",
     "scan_runtime",
     "write_build_files",
 ]

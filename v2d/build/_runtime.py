@@ -27,9 +27,11 @@ __all__ = [
     "IMAGE_ROOT",
     "IMAGE_SETTINGS",
     "IMAGE_VENV",
+    "KSERVE_MODELS_DIR",
     "RuntimeFolder",
     "RuntimeFolderError",
     "exposed_ports",
+    "scan_generic",
     "scan_runtime",
 ]
 
@@ -40,12 +42,17 @@ IMAGE_MODELS_DIR = IMAGE_ROOT + "/models"
 IMAGE_ENVS_DIR = IMAGE_ROOT + "/envs"
 IMAGE_HOME = IMAGE_ROOT + "/home"
 IMAGE_SETTINGS = IMAGE_ROOT + "/settings.json"
+#: Where a generic image finds its models: KServe's storage initializer puts them there.
+KSERVE_MODELS_DIR = "/mnt/models"
+#: A generic image unpacks environments here: /tmp is writable even on a read-only root.
+GENERIC_ENVS_DIR = "/tmp/v2d/envs"
 
 #: Conda environment files, in the order they are looked for.
 CONDA_FILES = ("environment.yaml", "environment.yml", "conda.yaml", "conda.yml")
 
 #: Server settings that the image always sets itself (they name paths inside the image).
 _IMAGE_OWNED_SETTINGS = {"models": IMAGE_MODELS_DIR, "envs_dir": IMAGE_ENVS_DIR}
+_GENERIC_OWNED_SETTINGS = {"models": KSERVE_MODELS_DIR, "envs_dir": GENERIC_ENVS_DIR}
 
 #: Files of the runtime folder that belong to the build, not to the served models.
 BUILD_SUPPORT_DIR = ".v2d-build"
@@ -76,10 +83,14 @@ class RuntimeFolder:
     settings: Dict[str, Any]
     #: Environment tarballs the models name, relative to ``root``.
     environment_tarballs: Tuple[str, ...]
+    #: No model is baked in: the image serves what is mounted at ``KSERVE_MODELS_DIR``.
+    generic: bool = False
 
     @property
     def image_models_path(self) -> str:
-        """Where the folder's content goes in the image."""
+        """Where the folder's content goes in the image (where models are, for a generic one)."""
+        if self.generic:
+            return KSERVE_MODELS_DIR
         if self.is_model_folder:
             return IMAGE_MODELS_DIR + "/" + image_folder_name(self.root)
         return IMAGE_MODELS_DIR
@@ -89,8 +100,9 @@ class RuntimeFolder:
         The server settings embedded in the image: the folder's ``settings.json``
         with the paths that only make sense inside the image set by the image.
         """
-        merged = {k: v for k, v in self.settings.items() if k not in _IMAGE_OWNED_SETTINGS}
-        merged.update(_IMAGE_OWNED_SETTINGS)
+        owned = _GENERIC_OWNED_SETTINGS if self.generic else _IMAGE_OWNED_SETTINGS
+        merged = {k: v for k, v in self.settings.items() if k not in owned}
+        merged.update(owned)
         return merged
 
 
@@ -166,8 +178,7 @@ def scan_runtime(path: str) -> RuntimeFolder:
             f"{path}: no runtime found: no model-settings.json in the folder or below it"
             " (a model folder holds model-settings.json and the runtime's code)"
         )
-    requirements = "requirements.txt" if os.path.isfile(os.path.join(root, "requirements.txt")) else None
-    conda_file = next((f for f in CONDA_FILES if os.path.isfile(os.path.join(root, f))), None)
+    requirements, conda_file = _dependency_files(root)
     return RuntimeFolder(
         root=root,
         model_files=tuple(model_files),
@@ -177,6 +188,42 @@ def scan_runtime(path: str) -> RuntimeFolder:
         conda_file=conda_file,
         settings=_read_settings(root),
         environment_tarballs=tuple(tarballs),
+    )
+
+
+def _dependency_files(root: str) -> Tuple[Optional[str], Optional[str]]:
+    """The folder's requirements.txt and conda environment file, where present."""
+    requirements = "requirements.txt" if os.path.isfile(os.path.join(root, "requirements.txt")) else None
+    conda_file = next((f for f in CONDA_FILES if os.path.isfile(os.path.join(root, f))), None)
+    return requirements, conda_file
+
+
+def scan_generic(path: str) -> RuntimeFolder:
+    """
+    A folder for an image with no model baked in: only its ``requirements.txt`` (or conda
+    file) and ``settings.json`` are used; a model folder in it is an error.
+    """
+    root = os.path.abspath(path)
+    if not os.path.isdir(root):
+        raise RuntimeFolderError(f"{path}: no such folder")
+    for rel_dir, files in _walk(root):
+        if "model-settings.json" in files:
+            where = f"{rel_dir}/model-settings.json" if rel_dir else "model-settings.json"
+            raise RuntimeFolderError(
+                f"{path}: --generic bakes no model in, but {where} is there;"
+                " drop --generic to serve it, or give a folder without models"
+            )
+    requirements, conda_file = _dependency_files(root)
+    return RuntimeFolder(
+        root=root,
+        model_files=(),
+        model_names=(),
+        is_model_folder=False,
+        requirements=requirements,
+        conda_file=conda_file,
+        settings=_read_settings(root),
+        environment_tarballs=(),
+        generic=True,
     )
 
 
