@@ -86,6 +86,11 @@ class Daemon:
             p for p in [package_root(), self.env.get("PYTHONPATH", "")] if p
         )
         self.env["PYTHONUNBUFFERED"] = "1"
+        # Environments unpack under the temp dir unless a test says otherwise (a test
+        # run writes nothing in the home folder).
+        self.env.setdefault(
+            "V2D_ENVS_DIR", os.path.join(tempfile.gettempdir(), f"v2d-tests-{os.getuid()}", "envs")
+        )
         self.env.update(env or {})
         self.cwd = cwd
         self.command = command or twistd_command()
