@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -130,7 +131,6 @@ class Daemon:
         ]
 
     def start(self, wait: bool = True, timeout: float = 60.0) -> "Daemon":
-        import tempfile
 
         fd, self.logfile = tempfile.mkstemp(prefix="v2d-daemon-", suffix=".log")
         self.process = subprocess.Popen(
