@@ -95,7 +95,15 @@ class V2DService(Service):
             root_path=settings.root_path,
             cors=cors,
         )
-        self.site = make_site(root, settings.max_body_size, settings.access_logged)
+        self.site = make_site(
+            root,
+            settings.max_body_size,
+            settings.access_logged,
+            max_bodies_in_flight=settings.max_bodies_in_flight,
+            read_timeout=settings.request_read_timeout,
+            retain_memory=settings.retain_memory,
+            reactor=reactor,
+        )
         self.ports: List[Any] = []
         self.grpc_server: Optional[Any] = None
         self._loaded: Optional[Deferred] = None
