@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import List, Tuple
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -216,3 +217,30 @@ def test_no_read_timeout_when_turned_off():
     clock.advance(59)
     protocol.dataReceived(b"Host: x\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 200 ")
+
+
+# -- the settings ------------------------------------------------------------------
+
+
+def test_the_bounds_are_settings_options_and_variables(tmp_path, monkeypatch):
+    import v2d.tap
+    from v2d.settings import Settings
+
+    assert (Settings().max_bodies_in_flight, Settings().request_read_timeout) == (1024 * MiB, 60.0)
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"max_bodies_in_flight": 5 * MiB, "request_read_timeout": 7}))
+    s = Settings.load(str(config), {"V2D_REQUEST_READ_TIMEOUT": "2.5"})
+    assert (s.max_bodies_in_flight, s.request_read_timeout) == (5 * MiB, 2.5)
+    monkeypatch.setattr(v2d.tap, "install_asyncio_reactor", lambda event_loop="auto": object())
+    monkeypatch.delenv("V2D_CONFIG", raising=False)
+    options = v2d.tap.Options()
+    options.parseOptions(
+        ["--models", "m", "--max-bodies-in-flight", "3000000", "--request-read-timeout", "0"]
+    )
+    s = options["settings"]
+    assert (s.max_bodies_in_flight, s.request_read_timeout) == (3000000, 0.0)
+    problems = Settings(max_bodies_in_flight=0, request_read_timeout=-1).problems()
+    assert any("max_bodies_in_flight" in p for p in problems)
+    assert any("request_read_timeout" in p for p in problems)
+    with pytest.raises(SystemExit, match="--request-read-timeout must be a number of seconds"):
+        v2d.tap.Options().parseOptions(["--request-read-timeout", "soon"])
