@@ -22,9 +22,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from functools import lru_cache
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
-__all__ = ["retain_freed_memory", "trim_freed_memory"]
+__all__ = ["FreedMemoryTrim", "retain_freed_memory", "trim_freed_memory"]
 
 #: mallopt() parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -32,6 +32,11 @@ M_MMAP_MAX = -4
 
 #: the largest value mallopt and malloc_trim take for a size
 _INT_MAX = 2**31 - 1
+
+#: a buffer at least this big, once freed, is followed by a trim
+TRIM_AFTER = 16 * 1024 * 1024
+#: seconds from the end of a big buffer to the trim (one trim for a burst of them)
+TRIM_DELAY = 1.0
 
 
 @lru_cache(maxsize=None)
@@ -79,3 +84,31 @@ def trim_freed_memory(keep: int = 0) -> bool:
     if malloc_trim is None:
         return False
     return bool(malloc_trim(min(max(keep, 0), _INT_MAX)))
+
+
+class FreedMemoryTrim:
+    """
+    Trims freed memory down to ``keep`` bytes a little after big buffers are freed: one
+    trim for a burst of them, at most one a ``TRIM_DELAY``. Transports call
+    ``freed(size)`` when they drop a request's buffers.
+    """
+
+    def __init__(
+        self,
+        keep: int,
+        call_later: Callable[..., Any],
+        trim: Callable[[int], Any] = trim_freed_memory,
+    ) -> None:
+        self.keep = keep
+        self._call_later = call_later
+        self._trim = trim
+        self._pending: Optional[Any] = None
+
+    def freed(self, size: int) -> None:
+        """``size`` bytes were freed: trim soon if that is a big buffer."""
+        if size >= TRIM_AFTER and self._pending is None:
+            self._pending = self._call_later(TRIM_DELAY, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._pending = None
+        self._trim(self.keep)

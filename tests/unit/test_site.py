@@ -18,7 +18,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from v2d.rest._site import TRIM_AFTER, TRIM_DELAY, BodyMemory, ReceivedBody, make_site
+from v2d.memory import TRIM_AFTER, TRIM_DELAY, FreedMemoryTrim
+from v2d.rest._site import BodyMemory, ReceivedBody, make_site
 
 MiB = 1024 * 1024
 
@@ -124,7 +125,7 @@ def test_the_bound_lets_a_body_alone_in_and_refuses_what_does_not_fit():
 def test_a_trim_follows_big_bodies_once_per_burst():
     clock = Clock()
     trims: List[int] = []
-    memory = BodyMemory(limit=0, keep=123, call_later=clock.callLater, trim=trims.append)
+    memory = BodyMemory(limit=0, trim=FreedMemoryTrim(123, clock.callLater, trim=trims.append))
     memory.take(1)
     memory.give(1)
     clock.advance(TRIM_DELAY)
@@ -135,6 +136,10 @@ def test_a_trim_follows_big_bodies_once_per_burst():
     assert trims == []
     clock.advance(TRIM_DELAY)
     assert trims == [123], "one trim, keeping retain_memory"
+    memory.take(TRIM_AFTER)
+    memory.give(TRIM_AFTER)
+    clock.advance(TRIM_DELAY)
+    assert trims == [123, 123], "and one for the next burst"
 
 
 # -- the site: 503 and 408 ---------------------------------------------------------
@@ -201,13 +206,17 @@ def test_a_body_arriving_slowly_gets_408_too():
 def test_the_read_timeout_counts_from_each_request_and_spares_idle_keep_alive():
     site, clock = site_and_clock(read_timeout=10)
     protocol, transport = connect(site)
-    for _ in range(3):
-        protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    for gap in (30, 5, 30, 9):  # idle between requests: the idle timeout's business (60 s)
+        protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\n")
+        clock.advance(9)  # each request within 10 s of its first byte
+        protocol.dataReceived(b"\r\n")
         assert transport.value().startswith(b"HTTP/1.1 200 ")
         transport.clear()
-        clock.advance(30)  # idle between requests: the idle timeout's business (60 s)
-    assert not transport.disconnecting
-    assert not [c for c in clock.getDelayedCalls() if c.func.__name__ == "_read_timed_out"]
+        clock.advance(gap)
+    assert not transport.disconnecting and transport.value() == b""
+    protocol.dataReceived(b"GET /x HTTP/1.1\r\n")
+    clock.advance(10)
+    assert transport.value().startswith(b"HTTP/1.1 408 "), "and the next slow one is still caught"
 
 
 def test_no_read_timeout_when_turned_off():

@@ -20,47 +20,32 @@ can make the server hold, and for how long.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from v2d.memory import trim_freed_memory
+from v2d.memory import FreedMemoryTrim
 from v2d.rest._json import error_body
 
 __all__ = ["BodyMemory", "ReceivedBody", "V2DChannel", "V2DRequest", "V2DSite", "make_site"]
 
-MiB = 1024 * 1024
-
-#: a body at least this big is followed, once freed, by a trim of freed memory
-TRIM_AFTER = 16 * MiB
-#: seconds from the end of a big body to the trim (one trim for a burst of them)
-TRIM_DELAY = 1.0
 #: what a 503 for a full body budget tells clients to wait, in seconds
 RETRY_AFTER = 1
 
 
 class BodyMemory:
     """
-    The bytes held by the request bodies in flight, against a bound (0: none), and the
-    return of freed memory to the system after big bodies.
+    The bytes held by the request bodies in flight, against a bound (0: none); freed
+    bodies are reported to ``trim`` (freed memory returned to the system after big ones).
     """
 
-    def __init__(
-        self,
-        limit: int = 0,
-        keep: int = 0,
-        call_later: Optional[Callable[..., Any]] = None,
-        trim: Callable[[int], Any] = trim_freed_memory,
-    ) -> None:
+    def __init__(self, limit: int = 0, trim: Optional[FreedMemoryTrim] = None) -> None:
         self.limit = limit
-        self.keep = keep
         self.held = 0
-        self._call_later = call_later
         self._trim = trim
-        self._trim_call: Optional[Any] = None
 
     def has_room(self, size: int, own: int = 0) -> bool:
         """Whether a body holding ``own`` bytes may take ``size`` more (always, when it is the only one)."""
@@ -71,12 +56,8 @@ class BodyMemory:
 
     def give(self, size: int) -> None:
         self.held -= size
-        if size >= TRIM_AFTER and self._call_later is not None and self._trim_call is None:
-            self._trim_call = self._call_later(TRIM_DELAY, self._trim_now)
-
-    def _trim_now(self) -> None:
-        self._trim_call = None
-        self._trim(self.keep)
+        if self._trim is not None:
+            self._trim.freed(size)
 
 
 class ReceivedBody:
@@ -192,6 +173,7 @@ class V2DRequest(Request):
 
     refusal: Optional[Tuple[int, str]] = None
     _received = 0
+    _limit = 0
     _memory = _UNBOUNDED
 
     @property
@@ -208,7 +190,7 @@ class V2DRequest(Request):
         self.content = io.BytesIO()
 
     def gotLength(self, length: Optional[int]) -> None:
-        limit = self._site_value("max_body_size", 0) or 0
+        limit = self._limit = self._site_value("max_body_size", 0) or 0
         memory = self._memory = self._site_value("body_memory", _UNBOUNDED)
         self.content = ReceivedBody(memory, length)  # type: ignore[assignment]
         if limit and length is not None and length > limit:
@@ -220,9 +202,10 @@ class V2DRequest(Request):
         if self.refusal is not None:
             return
         self._received += len(data)
-        limit = self._site_value("max_body_size", 0) or 0
-        if limit and self._received > limit:
-            self._refuse(413, f"request body is over the limit of {limit} bytes (setting max_body_size)")
+        if self._limit and self._received > self._limit:
+            self._refuse(
+                413, f"request body is over the limit of {self._limit} bytes (setting max_body_size)"
+            )
         elif not self.content.write(data):  # type: ignore[union-attr]
             self._refuse(503, _busy(self._memory))
 
@@ -255,31 +238,38 @@ class V2DChannel(HTTPChannel):
     """
 
     log = Logger()
+    #: the timer of the read timeout: kept from request to request (moved on, which is
+    #: cheap) and only made again after it went off
     _read_deadline: Optional[Any] = None
+    _reading = False
 
     def dataReceived(self, data: bytes) -> None:
-        if self._read_deadline is None and not self._handlingRequest:
+        if not self._reading and not self._handlingRequest:
             timeout = getattr(getattr(self, "site", None), "read_timeout", 0)
             if timeout:
-                self._read_deadline = self.callLater(timeout, self._read_timed_out, timeout)
+                self._reading = True
+                if self._read_deadline is None:
+                    self._read_deadline = self.callLater(timeout, self._read_timed_out, timeout)
+                else:
+                    self._read_deadline.reset(timeout)
         super().dataReceived(data)
 
     def allContentReceived(self) -> None:
-        self._cancel_read_deadline()
+        self._reading = False
         super().allContentReceived()
 
     def connectionLost(self, reason: Any) -> None:
-        self._cancel_read_deadline()
-        super().connectionLost(reason)
-
-    def _cancel_read_deadline(self) -> None:
+        self._reading = False
         if self._read_deadline is not None:
             if self._read_deadline.active():
                 self._read_deadline.cancel()
             self._read_deadline = None
+        super().connectionLost(reason)
 
     def _read_timed_out(self, timeout: float) -> None:
         self._read_deadline = None
+        if not self._reading:
+            return  # went off between requests, or while one is served: not the read's business
         peer = self.transport.getPeer() if self.transport is not None else None
         self.log.info(
             "request from {peer} not received within {timeout}s (request_read_timeout): 408",
@@ -331,7 +321,9 @@ def make_site(
     site.max_body_size = max_body_size
     site.access_log = access_log
     site.read_timeout = read_timeout
-    site.body_memory = BodyMemory(max_bodies_in_flight, retain_memory, site.reactor.callLater)
+    site.body_memory = BodyMemory(
+        max_bodies_in_flight, FreedMemoryTrim(retain_memory, site.reactor.callLater)
+    )
     site.displayTracebacks = False
     # v2d never reads HTML form posts; Twisted's check for them parses Content-Type
     # through the email package on every POST, a large share of a small request.
