@@ -82,7 +82,13 @@ class V2DService(Service):
             self.dataplane.observer = self.metrics.observe
             if settings.metrics:
                 listener = MetricsListenerResource(self.metrics, settings.metrics_path)
-                self.metrics_site = make_site(listener, 64 * 1024, settings.access_logged)
+                self.metrics_site = make_site(
+                    listener,
+                    64 * 1024,
+                    settings.access_logged,
+                    read_timeout=settings.request_read_timeout,
+                    reactor=reactor,
+                )
             else:
                 self.fixed_paths[settings.metrics_path.encode("utf-8")] = MetricsResource(self.metrics)
         self.rest = RestAPI(self.dataplane)
