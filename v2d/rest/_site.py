@@ -22,7 +22,9 @@ from __future__ import annotations
 import io
 from typing import Any, List, Optional, Tuple
 
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -242,14 +244,16 @@ class V2DChannel(HTTPChannel):
     #: cheap) and only made again after it went off
     _read_deadline: Optional[Any] = None
     _reading = False
+    _read_timeout: float = 0
 
     def dataReceived(self, data: bytes) -> None:
         if not self._reading and not self._handlingRequest:
             timeout = getattr(getattr(self, "site", None), "read_timeout", 0)
             if timeout:
                 self._reading = True
+                self._read_timeout = timeout
                 if self._read_deadline is None:
-                    self._read_deadline = self.callLater(timeout, self._read_timed_out, timeout)
+                    self._read_deadline = self.callLater(timeout, self._read_timed_out)
                 else:
                     self._read_deadline.reset(timeout)
         super().dataReceived(data)
@@ -258,7 +262,7 @@ class V2DChannel(HTTPChannel):
         self._reading = False
         super().allContentReceived()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._reading = False
         if self._read_deadline is not None:
             if self._read_deadline.active():
@@ -266,14 +270,14 @@ class V2DChannel(HTTPChannel):
             self._read_deadline = None
         super().connectionLost(reason)
 
-    def _read_timed_out(self, timeout: float) -> None:
+    def _read_timed_out(self) -> None:
         self._read_deadline = None
-        if not self._reading:
+        if not self._reading or self.transport is None:
             return  # went off between requests, or while one is served: not the read's business
-        peer = self.transport.getPeer() if self.transport is not None else None
+        timeout = self._read_timeout
         self.log.info(
             "request from {peer} not received within {timeout}s (request_read_timeout): 408",
-            peer=str(peer),
+            peer=str(self.transport.getPeer()),
             timeout=timeout,
         )
         body = error_body(f"request not received within {timeout:g} s (setting request_read_timeout)")
