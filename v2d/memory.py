@@ -14,7 +14,9 @@ still in use stay resident (20 uploads of 256 MiB at once left gigabytes). So
 ``trim_freed_memory(limit)`` is called once big requests are over: it returns every
 free page in the middle of the heaps and keeps at most ``limit`` bytes at the top,
 the memory the next big request takes first. The resident size then stays at most
-``limit`` above what is in use. Only glibc has these knobs; elsewhere nothing changes.
+``limit`` above what is in use. ``FreedMemoryTrim`` decides when: after big request
+bodies, and every few seconds for what no transport reports. Only glibc has these
+knobs; elsewhere nothing changes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ _INT_MAX = 2**31 - 1
 TRIM_AFTER = 16 * 1024 * 1024
 #: seconds from the end of a big buffer to the trim (one trim for a burst of them)
 TRIM_DELAY = 1.0
+#: seconds between trims that follow no buffer in particular
+SWEEP_EVERY = 5.0
 
 
 @lru_cache(maxsize=None)
@@ -88,9 +92,10 @@ def trim_freed_memory(keep: int = 0) -> bool:
 
 class FreedMemoryTrim:
     """
-    Trims freed memory down to ``keep`` bytes a little after big buffers are freed: one
-    trim for a burst of them, at most one a ``TRIM_DELAY``. Transports call
-    ``freed(size)`` when they drop a request's buffers.
+    Trims freed memory down to ``keep`` bytes: a little after big buffers are freed
+    (``freed(size)``, one trim for a burst of them), and, once started, every
+    ``SWEEP_EVERY`` seconds, for the buffers no transport reports (grpc's own, the
+    pipes to workers).
     """
 
     def __init__(
@@ -98,11 +103,14 @@ class FreedMemoryTrim:
         keep: int,
         call_later: Callable[..., Any],
         trim: Callable[[int], Any] = trim_freed_memory,
+        sweep_every: float = SWEEP_EVERY,
     ) -> None:
         self.keep = keep
+        self.sweep_every = sweep_every
         self._call_later = call_later
         self._trim = trim
         self._pending: Optional[Any] = None
+        self._sweep: Optional[Any] = None
 
     def freed(self, size: int) -> None:
         """``size`` bytes were freed: trim soon if that is a big buffer."""
@@ -112,3 +120,20 @@ class FreedMemoryTrim:
     def _trim_now(self) -> None:
         self._pending = None
         self._trim(self.keep)
+
+    def start(self) -> None:
+        """Sweep every ``sweep_every`` seconds from now on (0: never)."""
+        if self.sweep_every > 0 and self._sweep is None:
+            self._sweep = self._call_later(self.sweep_every, self._swept)
+
+    def _swept(self) -> None:
+        self._sweep = None
+        self._trim(self.keep)
+        self.start()
+
+    def stop(self) -> None:
+        """No more trims."""
+        for call in (self._pending, self._sweep):
+            if call is not None and call.active():
+                call.cancel()
+        self._pending = self._sweep = None

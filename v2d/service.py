@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from v2d.batching import batching_wrapper
 from v2d.dataplane import DataPlane
 from v2d.interfaces import IModelFactory
+from v2d.memory import FreedMemoryTrim
 from v2d.metrics import Metrics, MetricsListenerResource, MetricsResource
 from v2d.registry import ModelRegistry
 from v2d.repository import ModelRepository
@@ -92,6 +93,7 @@ class V2DService(Service):
             else:
                 self.fixed_paths[settings.metrics_path.encode("utf-8")] = MetricsResource(self.metrics)
         self.rest = RestAPI(self.dataplane)
+        self.freed_memory = FreedMemoryTrim(settings.retain_memory, reactor.callLater)
         cors = CORSPolicy(settings.cors_settings) if settings.cors_settings is not None else None
         root = RootResource(
             self.rest,
@@ -107,7 +109,7 @@ class V2DService(Service):
             settings.access_logged,
             max_bodies_in_flight=settings.max_bodies_in_flight,
             read_timeout=settings.request_read_timeout,
-            retain_memory=settings.retain_memory,
+            trim=self.freed_memory,
             reactor=reactor,
         )
         self.ports: List[Any] = []
@@ -142,6 +144,8 @@ class V2DService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.settings.retain_memory:
+            self.freed_memory.start()
         d = self._start()
         d.addErrback(self._failed_start)
 
@@ -197,6 +201,7 @@ class V2DService(Service):
 
     def stopService(self) -> Deferred:
         super().stopService()
+        self.freed_memory.stop()
         return self._stop()
 
     @inlineCallbacks

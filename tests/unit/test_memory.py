@@ -76,3 +76,29 @@ def test_trim_holds_retained_memory_to_its_limit_after_concurrent_big_buffers():
         pytest.skip("this libc has no mallopt (not glibc)")
     assert out["after_free"] > 4 * limit, "the heap alone keeps the holes: the bound is not held"
     assert out["after_trim"] <= limit + (8 << 20), out
+
+
+def test_freed_memory_is_trimmed_after_big_buffers_and_every_few_seconds():
+    from twisted.internet.task import Clock
+
+    from v2d.memory import SWEEP_EVERY, TRIM_AFTER, TRIM_DELAY, FreedMemoryTrim
+
+    clock = Clock()
+    trims: list = []
+    trim = FreedMemoryTrim(7, clock.callLater, trim=trims.append)
+    trim.freed(TRIM_AFTER - 1)
+    clock.advance(SWEEP_EVERY * 3)
+    assert trims == [], "not started, and nothing big freed"
+    trim.freed(TRIM_AFTER)
+    trim.freed(TRIM_AFTER)
+    clock.advance(TRIM_DELAY)
+    assert trims == [7], "one trim for a burst, keeping the limit"
+    trim.start()
+    trim.start()
+    clock.advance(SWEEP_EVERY)
+    clock.advance(SWEEP_EVERY)
+    assert trims == [7, 7, 7], "one sweep every SWEEP_EVERY seconds"
+    trim.freed(TRIM_AFTER)
+    trim.stop()
+    clock.advance(SWEEP_EVERY * 3)
+    assert trims == [7, 7, 7] and clock.getDelayedCalls() == []

@@ -13,8 +13,8 @@ can make the server hold, and for how long.
   its first byte, else 408 and the connection is closed (slow clients cannot hold a
   connection for hours by sending a byte now and then; the idle timeout only counts
   silence).
-- Once a big body is freed, freed memory is returned to the system down to
-  ``retain_memory`` (v2d.memory).
+- Freed bodies are reported to a ``FreedMemoryTrim`` (v2d.memory): after big ones,
+  freed memory is returned to the system down to ``retain_memory``.
 """
 
 from __future__ import annotations
@@ -313,21 +313,19 @@ def make_site(
     access_log: bool = False,
     max_bodies_in_flight: int = 0,
     read_timeout: float = 0,
-    retain_memory: int = 0,
+    trim: Optional[FreedMemoryTrim] = None,
     **kwargs: Any,
 ) -> Site:
     """
     A Site serving ``resource`` with the body size limit, the bound of the bodies in
-    flight (0: none), the request read timeout (0: none), and freed memory trimmed
-    down to ``retain_memory`` after big bodies.
+    flight (0: none) and the request read timeout (0: none); freed bodies are reported
+    to ``trim``.
     """
     site = V2DSite(resource, requestFactory=V2DRequest, **kwargs)
     site.max_body_size = max_body_size
     site.access_log = access_log
     site.read_timeout = read_timeout
-    site.body_memory = BodyMemory(
-        max_bodies_in_flight, FreedMemoryTrim(retain_memory, site.reactor.callLater)
-    )
+    site.body_memory = BodyMemory(max_bodies_in_flight, trim)
     site.displayTracebacks = False
     # v2d never reads HTML form posts; Twisted's check for them parses Content-Type
     # through the email package on every POST, a large share of a small request.

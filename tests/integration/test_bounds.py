@@ -1,9 +1,10 @@
 """
-What a REST client can make the daemon hold, and for how long, through a real
+What a client can make the daemon hold, and for how long, through a real
 ``twistd v2d`` on loopback: memory that follows the bytes received (headers that
 announce 256 MiB cost nothing), the bound of the bodies in flight (503 with
 Retry-After), freed memory held to ``--retain-memory`` after concurrent big uploads
-(RSS read from /proc), and the request read timeout against slow clients (408).
+over REST and gRPC (RSS read from /proc), and the request read timeout against slow
+clients (408).
 """
 
 from __future__ import annotations
@@ -41,6 +42,19 @@ class Size(MLModel):
         )
 """
 
+HOLDS = """
+import asyncio
+from v2d import MLModel
+from v2d.types import InferenceResponse, ResponseOutput
+
+class Holds(MLModel):
+    async def predict(self, payload):
+        await asyncio.sleep(float(getattr(payload.parameters, "seconds", 0) or 0))
+        return InferenceResponse(
+            model_name=self.name, outputs=[ResponseOutput(name="n", shape=[1], datatype="INT64", data=[1])]
+        )
+"""
+
 SMALL = {"inputs": [{"name": "x", "shape": [1], "datatype": "UINT8", "data": [1]}]}
 
 
@@ -48,6 +62,7 @@ SMALL = {"inputs": [{"name": "x", "shape": [1], "datatype": "UINT8", "data": [1]
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     write_model(root, "size", "models.Size", SIZE)
+    write_model(root, "holds", "models.Holds", HOLDS)
     return str(root)
 
 
@@ -89,6 +104,14 @@ def read_reply(s: socket.socket) -> Tuple[int, bytes, Dict[str, str]]:
     reply = http.client.HTTPResponse(s)
     reply.begin()
     return reply.status, reply.read(), dict(reply.getheaders())
+
+
+def settled_rss(daemon: Daemon, bound: int, seconds: float) -> int:
+    """The daemon's RSS once at most ``bound``, or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while rss(daemon) > bound and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return rss(daemon)
 
 
 def timed_health(daemon: Daemon) -> float:
@@ -177,10 +200,7 @@ def test_retain_memory_holds_after_concurrent_big_uploads(models):
                 t.join(120)
             assert replies == [200] * count
             bound = base + size + retain + 32 * MiB  # the holder's body, what is kept, slack
-            deadline = time.monotonic() + 10
-            while rss(daemon) > bound and time.monotonic() < deadline:
-                time.sleep(0.2)
-            held = rss(daemon)
+            held = settled_rss(daemon, bound, 10)
             assert held <= bound, (
                 f"{count} uploads of {size >> 20} MiB done, one in flight: RSS {held >> 20} MiB, "
                 f"more than {bound >> 20} MiB ({base >> 20} at rest + {size >> 20} in flight + "
@@ -191,6 +211,41 @@ def test_retain_memory_holds_after_concurrent_big_uploads(models):
         finally:
             for s in uploads + [holder]:
                 s.close()
+
+
+def test_retain_memory_holds_after_concurrent_big_grpc_messages(models):
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    import numpy as np
+
+    retain, size, count = 64 * MiB, 32 * MiB, 20
+    args = ["--retain-memory", str(retain), "--grpc-max-message-size", str(128 * MiB)]
+    with Daemon(models, *args) as daemon:
+
+        def call(seconds: float = 0) -> None:
+            client = grpcclient.InferenceServerClient(daemon.grpc_address)
+            x = grpcclient.InferInput("x", [size], "UINT8")
+            x.set_data_from_numpy(np.zeros(size, np.uint8))
+            client.infer("holds", [x], parameters={"seconds": seconds} if seconds else None)
+            client.close()
+
+        base = rss(daemon)
+        threads = [threading.Thread(target=call) for _ in range(count)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        holder = threading.Thread(target=call, args=(15,))  # one more, still in flight above them
+        holder.start()
+        for t in threads:
+            t.join(120)
+        # the holder's message and grpc's copy of it, what is kept, and grpc's own threads and buffers
+        bound = base + 2 * size + retain + 64 * MiB
+        held = settled_rss(daemon, bound, 10)
+        assert held <= bound, (
+            f"{count} gRPC messages of {size >> 20} MiB done, one in flight: RSS {held >> 20} MiB, more "
+            f"than {bound >> 20} MiB ({base >> 20} at rest + {2 * size >> 20} in flight + "
+            f"{retain >> 20} retained + 64)"
+        )
+        holder.join(120)
 
 
 def test_slow_clients_get_408_at_the_request_read_timeout(models):
