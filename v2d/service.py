@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from v2d.batching import batching_wrapper
 from v2d.dataplane import DataPlane
 from v2d.interfaces import IModelFactory
+from v2d.memory import FreedMemoryTrim
 from v2d.metrics import Metrics, MetricsListenerResource, MetricsResource
 from v2d.registry import UNAVAILABLE, ModelRegistry
 from v2d.repository import ModelRepository, _is_environment
@@ -118,10 +119,17 @@ class V2DService(Service):
             self.dataplane.observer = self.metrics.observe
             if settings.metrics:
                 listener = MetricsListenerResource(self.metrics, settings.metrics_path)
-                self.metrics_site = make_site(listener, 64 * 1024, settings.access_logged)
+                self.metrics_site = make_site(
+                    listener,
+                    64 * 1024,
+                    settings.access_logged,
+                    read_timeout=settings.request_read_timeout,
+                    reactor=reactor,
+                )
             else:
                 self.fixed_paths[settings.metrics_path.encode("utf-8")] = MetricsResource(self.metrics)
         self.rest = RestAPI(self.dataplane)
+        self.freed_memory = FreedMemoryTrim(settings.retain_memory, reactor.callLater)
         cors = CORSPolicy(settings.cors_settings) if settings.cors_settings is not None else None
         root = RootResource(
             self.rest,
@@ -133,7 +141,15 @@ class V2DService(Service):
             restrictions=Restrictions.parse(settings.http_restricted_api, "http_restricted_api"),
             metrics_path=None if settings.metrics else (settings.metrics_path or "").encode() or None,
         )
-        self.site = make_site(root, settings.max_body_size, settings.access_logged)
+        self.site = make_site(
+            root,
+            settings.max_body_size,
+            settings.access_logged,
+            max_bodies_in_flight=settings.max_bodies_in_flight,
+            read_timeout=settings.request_read_timeout,
+            trim=self.freed_memory,
+            reactor=reactor,
+        )
         self.ports: List[Any] = []
         self.grpc_server: Optional[Any] = None
         self._loaded: Optional[Deferred] = None
@@ -178,6 +194,8 @@ class V2DService(Service):
         super().startService()
         # once the reactor runs (after its own SIGINT/SIGTERM handlers are in place)
         self.reactor.callWhenRunning(self._install_sighup)
+        if self.settings.retain_memory:
+            self.freed_memory.start()
         d = self._start()
         d.addErrback(self._failed_start)
 
@@ -331,6 +349,7 @@ class V2DService(Service):
         ``shutdown_timeout + KILL_GRACE + 1`` s from now, whatever hangs.
         """
         super().stopService()
+        self.freed_memory.stop()
         self._remove_sighup()
         bound = self.settings.shutdown_timeout + KILL_GRACE
         watchdog = threading.Timer(bound + STUCK_GRACE, _stuck, (bound + STUCK_GRACE,))

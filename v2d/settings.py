@@ -428,6 +428,8 @@ class Settings:
     event_loop: str = "auto"
     retain_memory: int = 512 * MiB
     blocked_loop_warning: float = 1.0
+    max_bodies_in_flight: int = 1024 * MiB
+    request_read_timeout: float = 60.0
 
     _KINDS = {
         "models": str,
@@ -457,6 +459,8 @@ class Settings:
         "event_loop": str,
         "retain_memory": int,
         "blocked_loop_warning": float,
+        "max_bodies_in_flight": int,
+        "request_read_timeout": float,
     }
 
     @classmethod
@@ -621,6 +625,10 @@ class Settings:
             found.append("field 'rest' needs at least one endpoint")
         if self.retain_memory < 0:
             found.append("field 'retain_memory' must be 0 or more")
+        if self.max_bodies_in_flight <= 0:
+            found.append("field 'max_bodies_in_flight' must be positive")
+        if self.request_read_timeout < 0:
+            found.append("field 'request_read_timeout' must be 0 (no limit) or more")
         if self.event_loop not in EVENT_LOOPS:
             found.append(
                 f"field 'event_loop' must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}"

@@ -229,6 +229,22 @@ class Options(usage.Options):
             _non_negative("blocked-loop-warning", float, "a number of seconds"),
         ],
         [
+            "max-bodies-in-flight",
+            None,
+            None,
+            "Bytes the REST request bodies in flight may hold between them; beyond, 503 with "
+            "Retry-After [default: 1 GiB].",
+            _non_negative("max-bodies-in-flight"),
+        ],
+        [
+            "request-read-timeout",
+            None,
+            None,
+            "Seconds a REST request (headers and body) has to arrive from its first byte, else "
+            "408; 0 for no limit [default: 60].",
+            _non_negative("request-read-timeout", float, "a number of seconds"),
+        ],
+        [
             "event-loop",
             None,
             None,
@@ -327,6 +343,8 @@ class Options(usage.Options):
             "event_loop": self["event-loop"],
             "retain_memory": self["retain-memory"],
             "blocked_loop_warning": self["blocked-loop-warning"],
+            "max_bodies_in_flight": self["max-bodies-in-flight"],
+            "request_read_timeout": self["request-read-timeout"],
             "rest": self["rest"] or None,
             "debug": True if self["debug"] else None,
             "access_log": True if self["access-log"] else None,

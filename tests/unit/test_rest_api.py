@@ -119,16 +119,3 @@ def test_versions_and_escaped_names_on_the_direct_route(api):
     assert call(stub, "POST", "/v2/models/%65cho/infer", body)[0] == 200
     code, answer, _ = call(stub, "POST", "/v2/models/echo/versions/3/infer", body)
     assert code == 404 and "version '3'" in answer["error"]
-
-
-def test_preallocated_body_behaves_like_a_file():
-    from v2d.rest._site import PreallocatedBody
-
-    body = PreallocatedBody(6)
-    body.write(b"abc")
-    body.write(b"def")
-    assert body.tell() == 6 and body.getvalue() == bytearray(b"abcdef")
-    body.seek(0)
-    assert body.read(2) == b"ab" and body.read() == b"cdef"
-    body.write(b"gh")  # more than announced is kept, never dropped
-    assert body.getvalue() == bytearray(b"abcdefgh")
