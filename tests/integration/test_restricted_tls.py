@@ -17,22 +17,10 @@ import pytest
 
 from tests.support.certs import make_pki
 from tests.support.daemon import Daemon, free_port, http_json
-from tests.support.model_folder import write_model
+from tests.support.model_folder import ECHO, write_model
 
 pytestmark = pytest.mark.integration
 
-ECHO = """
-from v2d import MLModel
-from v2d.types import InferenceResponse, ResponseOutput
-
-class Echo(MLModel):
-    def predict(self, payload):
-        x = payload.inputs[0]
-        return InferenceResponse(
-            model_name=self.name,
-            outputs=[ResponseOutput(name="y", shape=x.shape, datatype=x.datatype, data=x.data)],
-        )
-"""
 
 ADMIN = {"admin-key": "s3cret"}
 INFER = {"inputs": [{"name": "x", "shape": [2], "datatype": "INT64", "data": [1, 2]}]}
