@@ -61,10 +61,10 @@ def unit_root(tmp_path: Path) -> Path:
     target.mkdir(parents=True)
     for name in UNIT_NAMES:
         shutil.copy(UNITS / name, target / name)
-    twistd = root / TWISTD
-    twistd.parent.mkdir(parents=True)
-    twistd.write_text("#!/bin/sh\nexit 0\n")
-    twistd.chmod(0o755)
+    for command in (root / TWISTD, root / "bin/kill"):  # ExecStart's and ExecReload's
+        command.parent.mkdir(parents=True, exist_ok=True)
+        command.write_text("#!/bin/sh\nexit 0\n")
+        command.chmod(0o755)
     return root
 
 
@@ -189,3 +189,9 @@ def test_default_settings_are_valid_json_for_the_unit_paths() -> None:
     assert set(settings) <= set(Settings.field_names())
     loaded = Settings.load(config_path=str(ROOT / "packaging" / "settings.json"), environ={})
     assert loaded.models == "/var/lib/v2d/models" and loaded.rest == ["tcp:8080"]
+
+
+def test_reload_sends_sighup_to_the_main_process() -> None:
+    """``systemctl reload v2d``: SIGHUP reloads the models whose folders changed."""
+    for name in ("v2d.service", "v2d-activated.service"):
+        assert parse_unit(name)["Service"]["ExecReload"] == ["/bin/kill -HUP $MAINPID"], name
