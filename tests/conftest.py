@@ -1,6 +1,7 @@
 """
 What the plain ``pytest`` runs: unit and integration tests, no Docker engine and no
-packaging builds, nothing written outside the checkout and the system's temp dir.
+packaging builds, nothing written outside the checkout and the system's temp dir (the
+pip cache of the virtualenvs the tests build included).
 
 The suites that start a Docker engine as root, debootstrap base images or build
 distribution packages (markers ``docker`` and ``packaging``) run when
@@ -10,10 +11,19 @@ distribution packages (markers ``docker`` and ``packaging``) run when
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 _OPT_IN = ("docker", "packaging")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Virtualenvs the tests build (MLServer's, worker environments) install through pip:
+    # its cache goes under the temp dir too, unless the caller chose one.
+    os.environ.setdefault(
+        "PIP_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"v2d-tests-{os.getuid()}", "pip-cache")
+    )
 
 
 def _all_suites() -> bool:
