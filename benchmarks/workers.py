@@ -35,21 +35,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import numpy as np  # noqa: E402
 
+from tests.support.model_folder import ECHO  # noqa: E402
+
 MIB = 1 << 20
 SIZES = {"tiny (16 x FP32)": 16 * 4, "1 MiB": MIB, "64 MiB": 64 * MIB}
 
-ECHO = """
-from v2d import MLModel
-from v2d.types import InferenceResponse, ResponseOutput
-
-class Echo(MLModel):
-    def predict(self, payload):
-        x = payload.inputs[0]
-        return InferenceResponse(
-            model_name=self.name,
-            outputs=[ResponseOutput(name="y", shape=x.shape, datatype=x.datatype, data=x.data)],
-        )
-"""
 
 
 def _repeats(size: int, repeat: int) -> int:

@@ -9,38 +9,22 @@ one difference: v2d applies ``expose_headers``, which MLServer accepts but never
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 
+from tests.support.model_folder import ECHO, write_model
 from v2d.rest._cors import CORSPolicy
 from v2d.service import V2DService
 from v2d.settings import CORSSettings, Settings
-
-RUNTIME = """
-from v2d import MLModel
-from v2d.types import InferenceResponse, ResponseOutput
-
-class Echo(MLModel):
-    def predict(self, payload):
-        inp = payload.inputs[0]
-        return InferenceResponse(
-            model_name=self.name,
-            outputs=[ResponseOutput(name="out", shape=inp.shape, datatype=inp.datatype, data=inp.data)],
-        )
-"""
 
 INFER = {"inputs": [{"name": "x", "shape": [1], "datatype": "INT32", "data": [7]}]}
 
 
 @pytest.fixture
 def models(tmp_path):
-    folder = tmp_path / "models" / "echo"
-    folder.mkdir(parents=True)
-    (folder / "model-settings.json").write_text(json.dumps({"name": "echo", "implementation": "models.Echo"}))
-    (folder / "models.py").write_text(textwrap.dedent(RUNTIME))
+    write_model(tmp_path / "models", "echo", "models.Echo", ECHO)
     return str(tmp_path / "models")
 
 

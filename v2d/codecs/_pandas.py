@@ -65,14 +65,11 @@ def _column(pd: Any, tensor: Any) -> Any:
     """One input (output) as a Series (its decoded payload, if it holds one)."""
     if has_decoded(tensor):
         decoded = get_decoded(tensor)
-        if isinstance(decoded, np.ndarray):
-            if tensor.datatype != "BYTES":
-                decoded = decoded.astype(to_dtype(tensor.datatype), copy=False)
-            if decoded.ndim > 1 and decoded.size == decoded.shape[0]:
-                decoded = decoded.reshape(decoded.shape[0])
-            elif decoded.ndim > 1:
-                decoded = list(decoded)
-        return pd.Series(decoded)
+        if not isinstance(decoded, np.ndarray):
+            return pd.Series(decoded)
+        if tensor.datatype != "BYTES":
+            decoded = decoded.astype(to_dtype(tensor.datatype), copy=False)
+        return _array_series(pd, decoded)
     content_type = content_type_of(tensor.parameters)
     if content_type == JSON_CONTENT_TYPE:
         return pd.Series([_json_item(tensor.name, item) for item in bytes_items(tensor)], dtype=object)
@@ -82,7 +79,11 @@ def _column(pd: Any, tensor: Any) -> Any:
             return pd.Series(codec.decode_input(tensor))
     if tensor.datatype == "BYTES":
         return pd.Series(bytes_items(tensor), dtype=object)
-    array = NumpyCodec.decode_input(tensor)
+    return _array_series(pd, NumpyCodec.decode_input(tensor))
+
+
+def _array_series(pd: Any, array: np.ndarray) -> Any:
+    """A column from an array: 1-D as it is, ``[N, 1]`` flattened, else one row per entry."""
     if array.ndim == 0:
         array = array.reshape(1)
     elif array.ndim > 1:
