@@ -33,6 +33,7 @@ __all__ = [
     "bytes_items",
     "content_type_of",
     "content_type_parameters",
+    "encoded_tensor",
     "get_decoded",
     "has_decoded",
     "hint_key",
@@ -133,6 +134,18 @@ def content_type_of(parameters: Any) -> Optional[str]:
 def content_type_parameters(content_type: Optional[str]) -> Optional[Parameters]:
     """``Parameters(content_type=...)`` or ``None`` when there is no content type."""
     return Parameters(content_type=content_type) if content_type else None
+
+
+def encoded_tensor(kind: Any, name: str, encoded: Any, content_type: Optional[str]) -> Any:
+    """A ``kind`` (``RequestInput`` or ``ResponseOutput``) from ``(datatype, shape, data)``."""
+    datatype, shape, data = encoded
+    return kind(
+        name=name,
+        shape=shape,
+        datatype=datatype,
+        data=data,
+        parameters=content_type_parameters(content_type),
+    )
 
 
 class _Codec:
@@ -246,13 +259,7 @@ class BytesItemCodec(InputCodec):
     def encode_output(cls, name: str, payload: Any, use_bytes: bool = True, **kwargs: Any) -> ResponseOutput:
         """A BYTES output of shape ``[N, 1]`` (items as ``str`` if ``use_bytes`` is false)."""
         data = cls._encode_items(name, payload, use_bytes)
-        return ResponseOutput(
-            name=name,
-            shape=[len(data), 1],
-            datatype="BYTES",
-            data=data,
-            parameters=content_type_parameters(cls.ContentType),
-        )
+        return encoded_tensor(ResponseOutput, name, ("BYTES", [len(data), 1], data), cls.ContentType)
 
     @classmethod
     def decode_output(cls, response_output: ResponseOutput) -> List[Any]:
@@ -263,13 +270,7 @@ class BytesItemCodec(InputCodec):
     def encode_input(cls, name: str, payload: Any, use_bytes: bool = True, **kwargs: Any) -> RequestInput:
         """A BYTES input of shape ``[N, 1]`` (items as ``str`` if ``use_bytes`` is false)."""
         data = cls._encode_items(name, payload, use_bytes)
-        return RequestInput(
-            name=name,
-            shape=[len(data), 1],
-            datatype="BYTES",
-            data=data,
-            parameters=content_type_parameters(cls.ContentType),
-        )
+        return encoded_tensor(RequestInput, name, ("BYTES", [len(data), 1], data), cls.ContentType)
 
     @classmethod
     def decode_input(cls, request_input: RequestInput) -> List[Any]:

@@ -40,23 +40,22 @@ from v2d.types import (
 __all__ = ["decode_input", "decode_request", "encode_output", "encode_response"]
 
 
-def _input_codec(codec: Any) -> Any:
-    """A codec given as a class, an instance or a content type."""
+def _codec(codec: Any, find: Any, kind: str) -> Any:
+    """A codec given as a class, an instance or a content type (looked up with ``find``)."""
     if isinstance(codec, str):
-        found = find_input_codec(content_type=codec)
+        found = find(content_type=codec)
         if found is None:
-            raise CodecNotFound(f"no input codec for content type '{codec}'")
+            raise CodecNotFound(f"no {kind} codec for content type '{codec}'")
         return found
     return codec
+
+
+def _input_codec(codec: Any) -> Any:
+    return _codec(codec, find_input_codec, "input")
 
 
 def _request_codec(codec: Any) -> Any:
-    if isinstance(codec, str):
-        found = find_request_codec(content_type=codec)
-        if found is None:
-            raise CodecNotFound(f"no request codec for content type '{codec}'")
-        return found
-    return codec
+    return _codec(codec, find_request_codec, "request")
 
 
 def decode_input(settings: ModelSettings, request_input: RequestInput, default_codec: Any = None) -> Any:

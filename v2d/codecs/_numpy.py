@@ -19,7 +19,7 @@ from v2d.codecs._base import (
     InputCodec,
     SingleInputRequestCodec,
     bytes_items,
-    content_type_parameters,
+    encoded_tensor,
 )
 from v2d.codecs._errors import CodecError
 from v2d.errors import InferenceError
@@ -143,14 +143,7 @@ class NumpyCodec(InputCodec):
     @classmethod
     def encode_output(cls, name: str, payload: Any, **kwargs: Any) -> ResponseOutput:
         """A response output holding ``payload`` (1-D arrays get shape ``[N, 1]``)."""
-        datatype, shape, data = _encode(payload)
-        return ResponseOutput(
-            name=name,
-            shape=shape,
-            datatype=datatype,
-            data=data,
-            parameters=content_type_parameters(cls.ContentType),
-        )
+        return encoded_tensor(ResponseOutput, name, _encode(payload), cls.ContentType)
 
     @classmethod
     def decode_output(cls, response_output: ResponseOutput) -> np.ndarray:
@@ -160,14 +153,7 @@ class NumpyCodec(InputCodec):
     @classmethod
     def encode_input(cls, name: str, payload: Any, **kwargs: Any) -> RequestInput:
         """A request input holding ``payload`` (1-D arrays get shape ``[N, 1]``)."""
-        datatype, shape, data = _encode(payload)
-        return RequestInput(
-            name=name,
-            shape=shape,
-            datatype=datatype,
-            data=data,
-            parameters=content_type_parameters(cls.ContentType),
-        )
+        return encoded_tensor(RequestInput, name, _encode(payload), cls.ContentType)
 
     @classmethod
     def decode_input(cls, request_input: RequestInput) -> np.ndarray:
