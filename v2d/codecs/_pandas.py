@@ -23,6 +23,7 @@ from v2d.codecs._base import (
     bytes_items,
     content_type_of,
     content_type_parameters,
+    encoded_tensor,
     get_decoded,
     has_decoded,
 )
@@ -189,13 +190,7 @@ def to_response_output(series: Any, use_bytes: bool = True) -> ResponseOutput:
     """One column (a Series) as a response output named after it, shape ``[N, 1]``."""
     name = str(series.name)
     shape, datatype, data, content_type = _tensor_parts(require_pandas(), name, series, use_bytes)
-    return ResponseOutput(
-        name=name,
-        shape=shape,
-        datatype=datatype,
-        data=data,
-        parameters=content_type_parameters(content_type),
-    )
+    return encoded_tensor(ResponseOutput, name, (datatype, shape, data), content_type)
 
 
 def _outputs(payload: Any, use_bytes: bool) -> List[ResponseOutput]:
