@@ -253,6 +253,7 @@ class V2DService(Service):
     def _reload(self) -> Any:
         if self._loaded is not None and not self._loaded.called:
             yield self._loaded
+        self.repository.invalidate()  # a reload reads every folder afresh
         current = self._fingerprint_all()
         loaded = set(self.registry.names())
         everything = self.settings.load_models_at_startup
