@@ -4,7 +4,8 @@ owns start-up and the ordered shutdown.
 
 Start: listen (so liveness answers at once), then load every model (readiness follows;
 with ``load_models_at_startup`` off, none: the repository API loads them).
-Stop: stop listening, drain requests in flight (``shutdown_timeout``; what is still in
+Stop: stop listening (REST, metrics and gRPC; the drain begins once every listener has
+closed), drain requests in flight (``shutdown_timeout``; what is still in
 flight then is answered 503), unload models and end worker processes (those still
 running ``KILL_GRACE`` s later are TERMed, then KILLed); ``stopService`` fires when all
 of that is done, and at the latest ``shutdown_timeout + KILL_GRACE`` s (plus a second)
@@ -252,6 +253,7 @@ class V2DService(Service):
     def _reload(self) -> Any:
         if self._loaded is not None and not self._loaded.called:
             yield self._loaded
+        self.repository.invalidate()  # a reload reads every folder afresh
         current = self._fingerprint_all()
         loaded = set(self.registry.names())
         everything = self.settings.load_models_at_startup
@@ -382,11 +384,11 @@ class V2DService(Service):
     @inlineCallbacks
     def _stop(self) -> Any:
         self.log.info("stopping: no new connections, draining requests in flight")
-        yield gatherResults([succeed(p.stopListening()) for p in self.ports], consumeErrors=True)
-        self.ports = []
+        # grpc.aio refuses new calls at once; its Deferred fires when its calls have ended
         grpc_stopped = (
             self.grpc_server.stop(self.settings.shutdown_timeout) if self.grpc_server else succeed(None)
         )
+        yield self._close_listeners()
         yield self.dataplane.drain(self.reactor, self.settings.shutdown_timeout)
         if self.worker_pool is not None:
             # from here, a worker that has not exited KILL_GRACE s later is TERMed, then KILLed
@@ -399,6 +401,15 @@ class V2DService(Service):
             yield self.worker_pool.stop()
         self.model_threads.stop()
         self.log.info("stopped")
+
+    def _close_listeners(self) -> Deferred:
+        """Stop every REST and metrics listener; fires once each has closed (a failure is logged)."""
+        closing = [maybeDeferred(p.stopListening).addErrback(self._close_failed, p) for p in self.ports]
+        self.ports = []
+        return gatherResults(closing)
+
+    def _close_failed(self, failure: Failure, port: Any) -> None:
+        self.log.failure("closing the listener on {address} failed", failure, address=_describe(port))
 
 
 def folder_fingerprint(folders: List[str]) -> str:

@@ -84,10 +84,10 @@ def _keep_twisted_signal_wakeup(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _set_wakeup_fd(fd: int) -> None:
-    from twisted.internet import process
+    from v2d._twisted import reap_processes
 
     signal.set_wakeup_fd(fd)
-    process.reapAllProcesses()  # children that exited while uvloop held the wakeup fd
+    reap_processes()  # children that exited while uvloop held the wakeup fd
 
 
 def _non_negative(option: str, kind: Any = int, what: str = "a whole number") -> Any:

@@ -12,9 +12,12 @@ import json
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, List, Optional
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
 from tests.unit.test_registry import FakeFactory, result_of, settings
 from tests.unit.test_workers import _loaded, _result, pool, reactor  # noqa: F401 - fixtures
@@ -22,7 +25,7 @@ from v2d.dataplane import DataPlane
 from v2d.errors import Unavailable
 from v2d.registry import ModelRegistry
 from v2d.repository import ModelRepository
-from v2d.service import V2DService, folder_fingerprint
+from v2d.service import KILL_GRACE, V2DService, folder_fingerprint
 from v2d.settings import Settings
 from v2d.types import InferenceRequest, InferenceResponse
 from v2d.workers._pool import CHILD_IN
@@ -213,3 +216,126 @@ def test_sighup_reload_follows_the_repository(tmp_path):
     result_of(service.reload_repository())
     assert not service.registry.ready("same"), "a model whose folder is gone is unloaded"
     assert _number(service, "changed") == 2
+
+
+class ClosingPort:
+    """A listening port whose closing takes a while: ``stopListening``'s Deferred fires when the test says."""
+
+    def __init__(self, events: List[str], number: int) -> None:
+        self.events = events
+        self.number = number
+        self.closing: Optional[Deferred] = None
+
+    def stopListening(self) -> Deferred:
+        self.events.append(f"close {self.number}")
+        self.closing = Deferred()
+        self.closing.addCallback(lambda _: self.events.append(f"closed {self.number}"))
+        return self.closing
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", self.number)
+
+
+class SlowClosingReactor(MemoryReactorClock):
+    """A memory reactor whose TCP ports close when the test fires them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: List[str] = []
+        self.listening: List[ClosingPort] = []
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> ClosingPort:
+        super().listenTCP(port, factory, backlog, interface)
+        closing = ClosingPort(self.events, 8000 + len(self.listening))
+        self.listening.append(closing)
+        return closing
+
+
+class RecordingPool:
+    """The worker pool's shutdown side, recorded."""
+
+    def __init__(self, events: List[str]) -> None:
+        self.events = events
+
+    def shutting_down(self) -> None:
+        self.events.append("workers: shutting down")
+
+    def stop(self) -> Deferred:
+        self.events.append("workers: stop")
+        return succeed(None)
+
+    def live(self) -> List[Any]:
+        return []
+
+
+def _service_listening(tmp_path, monkeypatch) -> Any:
+    """A started service on a SlowClosingReactor: two REST listeners and a metrics one, model m loaded."""
+    slow = SlowClosingReactor()
+    config = Settings(
+        models=str(tmp_path),
+        rest=["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.2"],
+        metrics="tcp:0:interface=127.0.0.1",
+        grpc=None,
+        envs_dir="unused",
+        retain_memory=0,
+        shutdown_timeout=10,
+    )
+    service = V2DService(config, slow, environ={})
+    factory = FakeFactory()
+    service.registry.factory_for = lambda s: factory
+    service.worker_pool = RecordingPool(slow.events)
+    real_drain, real_unload_all = DataPlane.drain, ModelRegistry.unload_all
+
+    def drain(plane: DataPlane, clock: Any, timeout: float) -> Deferred:
+        slow.events.append(f"drain ({plane.inflight} in flight)")
+        return real_drain(plane, clock, timeout).addCallback(lambda _: slow.events.append("drained"))
+
+    def unload_all(registry: ModelRegistry) -> Deferred:
+        slow.events.append("unload models")
+        return real_unload_all(registry)
+
+    monkeypatch.setattr(DataPlane, "drain", drain)
+    monkeypatch.setattr(ModelRegistry, "unload_all", unload_all)
+    service.startService()
+    assert len(slow.listening) == 3 and len(slow.tcpServers) == 3
+    result_of(service.registry.load(settings("m")))
+    return service, slow, factory.made[0]
+
+
+def test_stop_closes_every_listener_then_drains_unloads_and_stops_workers(tmp_path, monkeypatch):
+    service, slow, model = _service_listening(tmp_path, monkeypatch)
+    answer = _result(service.dataplane.infer("m", None, InferenceRequest()))
+    stopped = _result(service.stopService())
+    assert slow.events == ["close 8000", "close 8001", "close 8002"]
+    slow.advance(5)
+    for port in slow.listening[:2]:
+        port.closing.callback(None)
+    assert stopped == [] and "drain (1 in flight)" not in slow.events, "the metrics listener is open"
+    slow.listening[2].closing.callback(None)
+    assert slow.events[-1] == "drain (1 in flight)" and stopped == []
+    model.pending.pop().callback(InferenceResponse(model_name="m"))
+    assert answer[0].model_name == "m", "the request in flight is answered"
+    assert slow.events[3:] == [
+        "closed 8000",
+        "closed 8001",
+        "closed 8002",
+        "drain (1 in flight)",
+        "drained",
+        "workers: shutting down",
+        "unload models",
+        "workers: stop",
+    ]
+    assert model.unloaded and stopped == [None]
+    assert slow.getDelayedCalls() == [], "the shutdown's bound is cancelled"
+
+
+def test_stop_is_bounded_when_a_listener_never_closes(tmp_path, monkeypatch):
+    service, slow, model = _service_listening(tmp_path, monkeypatch)
+    stopped = _result(service.stopService())
+    for port in slow.listening[1:]:
+        port.closing.callback(None)
+    bound = service.settings.shutdown_timeout + KILL_GRACE + 1.0
+    slow.advance(bound - 0.1)
+    assert stopped == [] and not any(e.startswith("drain") for e in slow.events)
+    slow.advance(0.1)
+    assert stopped == [None], "stopService fires at its bound whatever hangs"

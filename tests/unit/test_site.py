@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from v2d.memory import TRIM_AFTER, TRIM_DELAY, FreedMemoryTrim
 from v2d.rest._site import BodyMemory, ReceivedBody, make_site
@@ -217,6 +218,39 @@ def test_the_read_timeout_counts_from_each_request_and_spares_idle_keep_alive():
     protocol.dataReceived(b"GET /x HTTP/1.1\r\n")
     clock.advance(10)
     assert transport.value().startswith(b"HTTP/1.1 408 "), "and the next slow one is still caught"
+
+
+class Slow(Resource):
+    """Answers each GET when the test says so."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: List[object] = []
+
+    def render_GET(self, request):
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+
+def test_a_pipelined_request_waits_for_the_answer_before_its_read_timeout_counts():
+    clock = Clock()
+    slow = Slow()
+    site = make_site(slow, MiB, reactor=clock, read_timeout=10)
+    protocol, transport = connect(site)
+    protocol.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n")
+    clock.advance(30)  # the first answer is slow; the second request is held meanwhile
+    assert transport.value() == b"" and len(slow.waiting) == 1
+    first = slow.waiting.pop()
+    first.write(b"a")
+    first.finish()
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    transport.clear()
+    clock.advance(9)
+    assert transport.value() == b"", "the second request's 10 s count from the first's answer"
+    clock.advance(1)
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
 
 
 def test_no_read_timeout_when_turned_off():

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from v2d._twisted import asyncio_loop
 from v2d.aio import as_deferred
 from v2d.grpc._health import ReadinessHealth
 from v2d.grpc._messages import POOL, SERVICE_NAME
@@ -96,7 +97,7 @@ class RestrictedInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _loop(reactor: Any) -> asyncio.AbstractEventLoop:
-    loop = getattr(reactor, "_asyncioEventloop", None)
+    loop = asyncio_loop(reactor)
     if loop is None:
         raise RuntimeError(
             "the gRPC server needs Twisted's asyncio reactor (twisted.internet.asyncioreactor)"

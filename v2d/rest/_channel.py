@@ -6,8 +6,7 @@ protocol's JSON error object, not an empty 400.
 
 from __future__ import annotations
 
-from twisted.web.http import HTTPChannel
-
+from v2d._twisted import HookedHTTPChannel
 from v2d.rest._json import error_body
 
 __all__ = ["JSONErrorChannel", "MALFORMED"]
@@ -19,10 +18,10 @@ MALFORMED = (
 )
 
 
-class JSONErrorChannel(HTTPChannel):
+class JSONErrorChannel(HookedHTTPChannel):
     """An HTTPChannel whose bad-request answer is ``{"error": ...}`` (and closes, as before)."""
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
+    def respond_to_bad_request(self) -> None:
         body = error_body(MALFORMED)
         transport = self.transport
         assert transport is not None

@@ -29,6 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
+from v2d._twisted import request_disconnected
 from v2d.errors import FailedPrecondition, InvalidArgument, ModelNotReady, Unavailable, V2DError
 from v2d.interfaces import ICustomHandlers
 from v2d.rest._api import STATUS_OF_KIND, request_body
@@ -171,7 +172,7 @@ class _RouteResource(Resource):
 
     @staticmethod
     def _send(request: Any, status: int, body: bytes) -> None:
-        if getattr(request, "_disconnected", False) or request.finished:
+        if request_disconnected(request) or request.finished:
             return
         request.setResponseCode(status)
         request.setHeader(b"content-type", _JSON)

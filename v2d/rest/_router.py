@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
+from v2d._twisted import request_disconnected
 from v2d.rest._json import error_body
 from v2d.restricted import Restrictions, rest_group
 
@@ -132,7 +133,7 @@ class RootResource(Resource):
 
     @staticmethod
     def _write(body: bytes, request: Any) -> None:
-        if request._disconnected:
+        if request_disconnected(request):
             return
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
@@ -141,6 +142,6 @@ class RootResource(Resource):
     @staticmethod
     def _failed(failure: Any, request: Any) -> None:
         log.failure("failed writing a response", failure)
-        if not request._disconnected and not request.finished:
+        if not request_disconnected(request) and not request.finished:
             request.setResponseCode(500)
             request.finish()

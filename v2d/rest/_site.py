@@ -25,10 +25,11 @@ from typing import Any, List, Optional, Tuple
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import _GenericHTTPChannelProtocol
+from twisted.web.http import Request as HTTPRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from v2d._twisted import http_channel_protocol, site_options
 from v2d.memory import FreedMemoryTrim
 from v2d.rest._channel import JSONErrorChannel
 from v2d.rest._json import error_body
@@ -247,9 +248,12 @@ class V2DChannel(JSONErrorChannel):
     _read_deadline: Optional[Any] = None
     _reading = False
     _read_timeout: float = 0
+    #: a request has arrived whole and is being answered (bytes arriving meanwhile are
+    #: the next request's, which Twisted holds until this one is done)
+    _answering = False
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._reading and not self._handlingRequest:
+        if not self._reading and not self._answering:
             timeout = getattr(getattr(self, "site", None), "read_timeout", 0)
             if timeout:
                 self._reading = True
@@ -262,7 +266,12 @@ class V2DChannel(JSONErrorChannel):
 
     def allContentReceived(self) -> None:
         self._reading = False
+        self._answering = True
         super().allContentReceived()
+
+    def requestDone(self, request: HTTPRequest) -> None:
+        self._answering = False
+        super().requestDone(request)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._reading = False
@@ -291,8 +300,8 @@ class V2DChannel(JSONErrorChannel):
         self.timeoutConnection()
 
 
-def _channel_protocol() -> _GenericHTTPChannelProtocol:
-    return _GenericHTTPChannelProtocol(V2DChannel())
+def _channel_protocol() -> Any:
+    return http_channel_protocol(V2DChannel())
 
 
 class V2DSite(Site):
@@ -323,14 +332,13 @@ def make_site(
     flight (0: none) and the request read timeout (0: none); freed bodies are reported
     to ``trim``.
     """
-    site = V2DSite(resource, requestFactory=V2DRequest, **kwargs)
+    # v2d never reads HTML form posts; Twisted's check for them parses Content-Type
+    # through the email package on every POST, a large share of a small request.
+    site = V2DSite(resource, requestFactory=V2DRequest, **site_options(), **kwargs)
     site.max_body_size = max_body_size
     site.access_log = access_log
     site.read_timeout = read_timeout
     site.body_memory = BodyMemory(max_bodies_in_flight, trim)
     site.displayTracebacks = False
-    # v2d never reads HTML form posts; Twisted's check for them parses Content-Type
-    # through the email package on every POST, a large share of a small request.
-    site._parsePOSTFormSubmission = False
     site.noisy = False
     return site

@@ -39,6 +39,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from v2d._twisted import pipe_writer, writer_idle
 from v2d._version import __version__
 from v2d.aio import as_future, ensure_future
 from v2d.custom_metrics import DEFAULT_DESCRIPTION
@@ -97,8 +98,8 @@ def _write_now(transport: Any, chunks: List[Any]) -> Tuple[int, int]:
     the transport's writable-then-not cycle, four ``epoll_ctl`` calls and a pass of the
     loop per request, on the server's busiest path.
     """
-    writer = getattr(transport, "pipes", {}).get(CHILD_IN)
-    if writer is None or not _write_idle(writer):
+    writer = pipe_writer(transport, CHILD_IN)
+    if writer is None or not writer_idle(writer):
         return (0, 0)
     views = [memoryview(c).cast("B") for c in chunks]
     try:
@@ -110,16 +111,6 @@ def _write_now(transport: Any, chunks: List[Any]) -> Tuple[int, int]:
         n -= len(views[i])
         i += 1
     return (i, n)
-
-
-def _write_idle(writer: Any) -> bool:
-    """Whether a Twisted pipe writer is connected and has nothing buffered."""
-    return (
-        writer.connected
-        and not writer.disconnecting
-        and not writer._tempDataLen
-        and len(writer.dataBuffer) <= writer.offset
-    )
 
 
 class _WorkerProtocol(ProcessProtocol):
