@@ -364,7 +364,8 @@ def decode_infer_request(
         outputs=outputs,
     )
     check_names(request)
-    return message.model_name, message.model_version or None, request, raw or not inputs
+    # raw when every input came raw or from a region (none typed), as Triton answers
+    return message.model_name, message.model_version or None, request, raw or len(in_regions) == len(inputs)
 
 
 # -- responses --------------------------------------------------------------------
@@ -462,13 +463,12 @@ def _build_infer_response(response: InferenceResponse, raw: bool) -> Tuple[Any, 
         tensor = message.outputs.add(name=output.name, datatype=datatype, shape=shape)
         encode_parameters(tensor.parameters, output.parameters, f"output '{output.name}'")
         if flat is None:
-            chunks.append(None)  # written to a shared-memory region: no data
+            if use_raw:  # written to a shared-memory region: an empty entry keeps the positions
+                chunks.append(b"")
         elif use_raw:
             chunks.append(memoryview(flat).cast("B") if numeric else pack_bytes(flat))
         elif numeric:
             getattr(tensor.contents, TYPED_FIELD[datatype]).extend(flat.tolist())  # type: ignore[arg-type]
         else:
             tensor.contents.bytes_contents.extend(_bytes_item(item) for item in flat)
-    while chunks and chunks[-1] is None:
-        chunks.pop()
-    return message, [b"" if chunk is None else chunk for chunk in chunks]
+    return message, chunks

@@ -327,9 +327,15 @@ class InferenceServicer:
 
     @_unary
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return _shm.cuda_status(request)
+
+    @_unary
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         raise NotFound(_shm.CUDA_UNSUPPORTED)
 
-    CudaSharedMemoryRegister = CudaSharedMemoryUnregister = CudaSharedMemoryStatus
+    @_unary
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return _shm.cuda_unregister(request)
 
     # -- registration -------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """
 Triton's system shared-memory extension over gRPC: the ``SystemSharedMemory{Status,
-Register,Unregister}`` messages to v2d.shm's registry and back, and the answer to the
-``CudaSharedMemory*`` RPCs (not supported). Also tells which ``ModelInferRequest``
+Register,Unregister}`` messages to v2d.shm's registry and back, and the
+``CudaSharedMemory*`` RPCs: registering is refused as not supported, so there is never
+a CUDA region (status lists none, unregistering all succeeds, as clients such as
+perf_analyzer expect when they clean up). Also tells which ``ModelInferRequest``
 uses a region, so that the server, not a worker, decodes it.
 """
 
@@ -9,11 +11,19 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from v2d.errors import InvalidArgument, Unavailable
+from v2d.errors import InvalidArgument, NotFound, Unavailable
 from v2d.grpc._messages import pb
 from v2d.shm import REGION, SharedMemoryRegistry
 
-__all__ = ["CUDA_UNSUPPORTED", "register", "status", "unregister", "uses_regions"]
+__all__ = [
+    "CUDA_UNSUPPORTED",
+    "cuda_status",
+    "cuda_unregister",
+    "register",
+    "status",
+    "unregister",
+    "uses_regions",
+]
 
 #: The answer to every CUDA shared-memory RPC.
 CUDA_UNSUPPORTED = "CUDA shared memory is not supported by this server (system shared memory is)"
@@ -56,3 +66,15 @@ def unregister(registry: Optional[SharedMemoryRegistry], request: Any) -> Any:
     """Unregister one region (``name``) or every region (no name)."""
     _registry(registry).unregister(request.name or None)
     return pb.SystemSharedMemoryUnregisterResponse()
+
+
+def cuda_status(request: Any) -> Any:
+    """No CUDA region is ever registered: every region's status is empty; a named one is unknown."""
+    if request.name:
+        raise NotFound(f"no CUDA shared-memory region named '{request.name}': {CUDA_UNSUPPORTED}")
+    return pb.CudaSharedMemoryStatusResponse()
+
+
+def cuda_unregister(request: Any) -> Any:
+    """Nothing to unregister (an unknown name is no error, as for system regions)."""
+    return pb.CudaSharedMemoryUnregisterResponse()

@@ -28,7 +28,7 @@ from v2d.rest._json import (
     error_body,
     parse_json_object,
 )
-from v2d.rest._shm import CUDA_UNSUPPORTED, region_status, register_region, unregister_region
+from v2d.rest._shm import cuda_answer, region_status, register_region, unregister_region
 from v2d.types import HeaderDict, InferenceRequest, InferenceResponse
 
 __all__ = ["HOP_BY_HOP", "RestAPI", "STATUS_OF_KIND"]
@@ -353,10 +353,15 @@ class RestAPI:
         request.setHeader(b"content-type", _JSON)
         return b"{}"
 
-    @app.route("/v2/cudasharedmemory/<path:rest>", methods=["GET", "POST"])
+    @app.route("/v2/cudasharedmemory/status", methods=["GET"])
+    @app.route("/v2/cudasharedmemory/region/<name>/status", methods=["GET"])
+    @app.route("/v2/cudasharedmemory/unregister", methods=["POST"])
+    @app.route("/v2/cudasharedmemory/region/<name>/unregister", methods=["POST"])
+    @app.route("/v2/cudasharedmemory/region/<name>/register", methods=["POST"])
     @endpoint
-    def cuda_shm(self, request: Any, rest: str) -> bytes:
-        raise InvalidArgument(CUDA_UNSUPPORTED)
+    def cuda_shm(self, request: Any, name: Optional[str] = None) -> bytes:
+        request.setHeader(b"content-type", _JSON)
+        return dumps(cuda_answer(request.method, request.path, name))
 
     # -- anything else -------------------------------------------------------------
 

@@ -4,29 +4,39 @@ Triton's system shared-memory extension over REST (``v2/systemsharedmemory/...``
 ``GET v2/systemsharedmemory[/region/NAME]/status`` answers a JSON array of
 ``{"name", "key", "offset", "byte_size"}``; ``POST v2/systemsharedmemory/region/NAME/register``
 takes ``{"key", "offset", "byte_size"}``; ``POST v2/systemsharedmemory[/region/NAME]/unregister``
-unregisters one region or all. CUDA shared memory (``v2/cudasharedmemory/...``) is
-refused as not supported. The regions themselves are v2d.shm's.
+unregisters one region or all. Registering CUDA shared memory
+(``v2/cudasharedmemory/...``) is refused as not supported, so there is never a CUDA
+region: its status lists none, and unregistering succeeds. The regions themselves are v2d.shm's.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from v2d.errors import InvalidArgument, Unavailable
+from v2d.errors import InvalidArgument, NotFound, Unavailable
 from v2d.shm import SharedMemoryRegistry
 
-__all__ = ["CUDA_UNSUPPORTED", "region_output_entry", "register_region", "region_status", "unregister_region"]
+__all__ = [
+    "CUDA_UNSUPPORTED",
+    "cuda_answer",
+    "region_output_entry",
+    "register_region",
+    "region_status",
+    "unregister_region",
+]
 
 #: The answer to every CUDA shared-memory request.
 CUDA_UNSUPPORTED = "CUDA shared memory is not supported by this server (system shared memory is)"
 
 
 def region_output_entry(output: Any) -> Dict[str, Any]:
-    """The JSON form of an output written to a region: its parameters and no data."""
-    entry: Dict[str, Any] = {"name": output.name, "shape": list(output.shape), "datatype": output.datatype}
-    if output.parameters is not None:
-        entry["parameters"] = output.parameters.to_dict()
-    return entry
+    """
+    The JSON form of an output written to a region: name, shape and datatype, no data
+    and no parameters, as Triton answers (its C++ client, perf_analyzer's, reads any
+    output parameters as the binary extension's and fails without ``binary_data_size``).
+    gRPC responses carry the region's parameters.
+    """
+    return {"name": output.name, "shape": list(output.shape), "datatype": output.datatype}
 
 
 def _registry(registry: Optional[SharedMemoryRegistry]) -> SharedMemoryRegistry:
@@ -53,3 +63,14 @@ def region_status(registry: Optional[SharedMemoryRegistry], name: Optional[str])
 def unregister_region(registry: Optional[SharedMemoryRegistry], name: Optional[str]) -> None:
     """Unregister region ``name``, or every region."""
     _registry(registry).unregister(name)
+
+
+def cuda_answer(method: bytes, path: bytes, name: Optional[str]) -> Any:
+    """The answer to a CUDA shared-memory request: an empty status or unregister, else an error."""
+    if path.endswith(b"/register"):
+        raise InvalidArgument(CUDA_UNSUPPORTED)
+    if path.endswith(b"/unregister"):
+        return {}
+    if name:
+        raise NotFound(f"no CUDA shared-memory region named '{name}': {CUDA_UNSUPPORTED}")
+    return []
