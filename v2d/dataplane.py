@@ -23,6 +23,7 @@ from v2d._version import __version__
 from v2d.errors import FailedPrecondition, Internal, Unavailable, Unimplemented, V2DError
 from v2d.interfaces import IEncodedInference, IModelRegistry, IModelRepository
 from v2d.registry import describe_failure
+from v2d.shm import write_outputs
 from v2d.tensors import check_requested_outputs
 from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataServerResponse
 
@@ -43,6 +44,8 @@ class DataPlane:
     started: bool = False
     draining: bool = False
     inflight: int = 0
+    #: The system shared-memory regions (v2d.shm.SharedMemoryRegistry); None: no such extension.
+    shared_memory: Optional[Any] = None
     #: Called as observer(model name, version, seconds, error kind or None) per request.
     observer: Optional[Callable[[str, Optional[str], float, Optional[str]], None]] = None
     _idle: List[Deferred] = attrs.field(factory=list)
@@ -90,14 +93,20 @@ class DataPlane:
         """
         if model is None:
             model = self.admit(name, version)
+        lease = self.shared_memory.resolve(request) if self.shared_memory is not None else None
 
         def complete(result: Any) -> InferenceResponse:
             response = complete_response(result, model.name, model.version, request.id)
             if request.outputs:
                 check_requested_outputs(request, response)
+                if lease is not None:
+                    write_outputs(request, response)
             return response
 
-        return self._serve(model, model.predict, (request,), complete)
+        d = self._serve(model, model.predict, (request,), complete)
+        if lease is not None:
+            d.addBoth(lease.release)
+        return d
 
     def admit(self, name: str, version: Optional[str]) -> Any:
         """The ready model for a request; raises while shutting down or if there is none."""

@@ -28,7 +28,16 @@ __all__ = [
 ]
 
 #: The groups of endpoints a restriction can name.
-GROUPS = ("health", "metadata", "inference", "model-config", "model-repository", "metrics", "custom")
+GROUPS = (
+    "health",
+    "metadata",
+    "inference",
+    "model-config",
+    "model-repository",
+    "shared-memory",
+    "metrics",
+    "custom",
+)
 
 #: Triton's clients send a gRPC restriction key as this prefix + the key.
 GRPC_METADATA_PREFIX = "triton-grpc-protocol-"
@@ -131,6 +140,7 @@ _REST_GROUPS = [
     (re.compile(_MODEL + rb"/(?:infer|infer_stream|generate|generate_stream)$"), "inference"),
     (re.compile(_MODEL + rb"/config$"), "model-config"),
     (re.compile(rb"^/v2/repository(?:/.*)?$"), "model-repository"),
+    (re.compile(rb"^/v2/(?:system|cuda)sharedmemory(?:/.*)?$"), "shared-memory"),
     (re.compile(rb"^/v2/?$"), "metadata"),
     (re.compile(_MODEL + rb"/?$"), "metadata"),
 ]
@@ -158,6 +168,12 @@ _GRPC_GROUPS = {
     "/inference.GRPCInferenceService/RepositoryIndex": "model-repository",
     "/inference.GRPCInferenceService/RepositoryModelLoad": "model-repository",
     "/inference.GRPCInferenceService/RepositoryModelUnload": "model-repository",
+    "/inference.GRPCInferenceService/SystemSharedMemoryStatus": "shared-memory",
+    "/inference.GRPCInferenceService/SystemSharedMemoryRegister": "shared-memory",
+    "/inference.GRPCInferenceService/SystemSharedMemoryUnregister": "shared-memory",
+    "/inference.GRPCInferenceService/CudaSharedMemoryStatus": "shared-memory",
+    "/inference.GRPCInferenceService/CudaSharedMemoryRegister": "shared-memory",
+    "/inference.GRPCInferenceService/CudaSharedMemoryUnregister": "shared-memory",
 }
 
 

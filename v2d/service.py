@@ -45,6 +45,7 @@ from v2d.rest._custom import CustomRoutes, klein_serves
 from v2d.rest._router import RootResource
 from v2d.restricted import Restrictions
 from v2d.settings import ModelSettings, Settings
+from v2d.shm import EXTENSION, SharedMemoryRegistry
 from v2d.wrappers import LocalModelFactory, LoopWatch, ModelThreads
 
 __all__ = ["KILL_GRACE", "V2DService", "folder_fingerprint", "workers_for"]
@@ -110,6 +111,7 @@ class V2DService(Service):
             server_version=settings.server_version,
             extensions=self.extensions() if settings.extensions is None else list(settings.extensions),
             strict_readiness=settings.strict_readiness,
+            shared_memory=SharedMemoryRegistry(),
         )
         # Metrics are always collected (runtimes' own metrics are recorded even when
         # nothing serves them); they are served on the REST endpoints, on a listener of
@@ -165,7 +167,7 @@ class V2DService(Service):
 
     def extensions(self) -> List[str]:
         """The protocol extensions this server offers."""
-        return ["model_repository", "model_configuration", "binary_tensor_data"]
+        return ["model_repository", "model_configuration", "binary_tensor_data", EXTENSION]
 
     # -- models in and out of process ------------------------------------------
 

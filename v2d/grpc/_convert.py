@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from v2d.errors import Internal, InvalidArgument
 from v2d.grpc._messages import pb
 from v2d.headers import client_parameters
+from v2d.shm import WrittenToRegion, from_region
 from v2d.tensors import (
     check_names,
     check_shape,
@@ -293,12 +294,16 @@ def decode_infer_request(
     if raw_contents is None:
         raw_contents = message.raw_input_contents
     raw = len(raw_contents) > 0
-    if raw and len(raw_contents) != len(message.inputs):
+    # inputs in shared-memory regions have no raw contents entry (as Triton's clients send them)
+    in_regions = [i for i, tensor in enumerate(message.inputs) if "shared_memory_region" in tensor.parameters]
+    if raw and len(raw_contents) != len(message.inputs) - len(in_regions):
         raise InvalidArgument(
             f"{prefix}raw_input_contents has {len(raw_contents)} entries but there are "
-            f"{len(message.inputs)} inputs (one entry per input, in order)"
+            f"{len(message.inputs) - len(in_regions)} inputs not in shared memory "
+            "(one entry per input, in order)"
         )
     inputs = []
+    raw_index = 0
     for i, tensor in enumerate(message.inputs):
         where = f"{prefix}inputs[{i}]"
         if not tensor.name:
@@ -311,13 +316,22 @@ def decode_infer_request(
             )
         shape = check_shape(list(tensor.shape), where)
         has_contents = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
-        if raw:
+        parameters = _parameters_of(tensor.parameters, f"{where}.")
+        region = from_region(where, parameters) if in_regions else None
+        if region is not None:
+            if has_contents:
+                raise InvalidArgument(f"{where}.contents must not be set for an input in shared memory")
+            data: Any = region
+        elif raw:
             if has_contents:
                 raise InvalidArgument(
                     f"{where}.contents must not be set when raw_input_contents is used"
                     " (raw and typed contents cannot be mixed)"
                 )
-            data = decode_raw_tensor(datatype, shape, raw_contents[i], f"{prefix}raw_input_contents[{i}]")
+            data = decode_raw_tensor(
+                datatype, shape, raw_contents[raw_index], f"{prefix}raw_input_contents[{raw_index}]"
+            )
+            raw_index += 1
         elif has_contents or shape_size(shape) == 0:
             data = _typed_data(tensor.contents, datatype, shape, where)
         else:
@@ -328,7 +342,7 @@ def decode_infer_request(
                 shape=shape,
                 datatype=datatype,
                 data=data,
-                parameters=_parameters_of(tensor.parameters, f"{where}."),
+                parameters=parameters,
             )
         )
     outputs = None
@@ -350,7 +364,8 @@ def decode_infer_request(
         outputs=outputs,
     )
     check_names(request)
-    return message.model_name, message.model_version or None, request, raw or not inputs
+    # raw when every input came raw or from a region (none typed), as Triton answers
+    return message.model_name, message.model_version or None, request, raw or len(in_regions) == len(inputs)
 
 
 # -- responses --------------------------------------------------------------------
@@ -426,8 +441,11 @@ def _build_infer_response(response: InferenceResponse, raw: bool) -> Tuple[Any, 
         id=response.id or "",
     )
     encode_parameters(message.parameters, response.parameters, "response", skip=("headers",))
-    prepared = []
+    prepared: List[Any] = []
     for output in response.outputs:
+        if type(output.data) is WrittenToRegion:
+            prepared.append((output, output.datatype, list(output.shape), None, False))
+            continue
         where = f"output '{output.name}'"
         datatype, shape = _output_fields(output)
         if datatype not in DATATYPES:
@@ -439,12 +457,15 @@ def _build_infer_response(response: InferenceResponse, raw: bool) -> Tuple[Any, 
         if len(flat) != shape_size(shape):
             raise Internal(f"model returned {where} with {len(flat)} elements for shape {shape}")
         prepared.append((output, datatype, shape, flat, numeric))
-    use_raw = raw or any(TYPED_FIELD[p[1]] is None for p in prepared)
+    use_raw = raw or any(TYPED_FIELD[p[1]] is None for p in prepared if p[3] is not None)
     chunks: List[Any] = []
     for output, datatype, shape, flat, numeric in prepared:
         tensor = message.outputs.add(name=output.name, datatype=datatype, shape=shape)
         encode_parameters(tensor.parameters, output.parameters, f"output '{output.name}'")
-        if use_raw:
+        if flat is None:
+            if use_raw:  # written to a shared-memory region: an empty entry keeps the positions
+                chunks.append(b"")
+        elif use_raw:
             chunks.append(memoryview(flat).cast("B") if numeric else pack_bytes(flat))
         elif numeric:
             getattr(tensor.contents, TYPED_FIELD[datatype]).extend(flat.tolist())  # type: ignore[arg-type]

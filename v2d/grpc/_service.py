@@ -18,7 +18,8 @@ from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
 from v2d.aio import as_future
-from v2d.errors import InvalidArgument, V2DError
+from v2d.errors import InvalidArgument, NotFound, V2DError
+from v2d.grpc import _shm
 from v2d.grpc._convert import (
     SplitInferRequest,
     decode_infer_request,
@@ -189,7 +190,8 @@ class InferenceServicer:
             message = request.message
             if message.model_name:
                 model = self.dataplane.admit(message.model_name, message.model_version or None)
-            if model is not None and self.dataplane.takes_encoded(model, WIRE):
+            encoded = model is not None and self.dataplane.takes_encoded(model, WIRE)
+            if encoded and not _shm.uses_regions(message):
                 # the model's worker decodes, predicts and encodes: only bytes pass here
                 metadata = metadata_headers(context.invocation_metadata())
                 served = self.dataplane.infer_encoded(model, WIRE, request.data, metadata)
@@ -308,6 +310,32 @@ class InferenceServicer:
             raise InvalidArgument("model_name is required")
         await as_future(self.dataplane.unload_model(request.model_name))
         return pb.RepositoryModelUnloadResponse()
+
+    # -- system shared-memory extension (v2d.grpc._shm) ---------------------------------
+
+    @_unary
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return _shm.status(self.dataplane.shared_memory, request)
+
+    @_unary
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return _shm.register(self.dataplane.shared_memory, request)
+
+    @_unary
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return _shm.unregister(self.dataplane.shared_memory, request)
+
+    @_unary
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return _shm.cuda_status(request)
+
+    @_unary
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        raise NotFound(_shm.CUDA_UNSUPPORTED)
+
+    @_unary
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return _shm.cuda_unregister(request)
 
     # -- registration -------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from v2d.rest._json import (
     error_body,
     parse_json_object,
 )
+from v2d.rest._shm import cuda_answer, region_status, register_region, unregister_region
 from v2d.types import HeaderDict, InferenceRequest, InferenceResponse
 
 __all__ = ["HOP_BY_HOP", "RestAPI", "STATUS_OF_KIND"]
@@ -327,6 +328,40 @@ class RestAPI:
             return b"{}"
 
         return self.dataplane.unload_model(name).addCallback(done)
+
+    # -- system shared-memory extension (v2d.rest._shm) ------------------------------
+
+    @app.route("/v2/systemsharedmemory/status", methods=["GET"])
+    @app.route("/v2/systemsharedmemory/region/<name>/status", methods=["GET"])
+    @endpoint
+    def shm_status(self, request: Any, name: Optional[str] = None) -> bytes:
+        request.setHeader(b"content-type", _JSON)
+        return dumps(region_status(self.dataplane.shared_memory, name))
+
+    @app.route("/v2/systemsharedmemory/region/<name>/register", methods=["POST"])
+    @endpoint
+    def shm_register(self, request: Any, name: str) -> bytes:
+        register_region(self.dataplane.shared_memory, name, parse_json_object(request_body(request)))
+        request.setHeader(b"content-type", _JSON)
+        return b"{}"
+
+    @app.route("/v2/systemsharedmemory/unregister", methods=["POST"])
+    @app.route("/v2/systemsharedmemory/region/<name>/unregister", methods=["POST"])
+    @endpoint
+    def shm_unregister(self, request: Any, name: Optional[str] = None) -> bytes:
+        unregister_region(self.dataplane.shared_memory, name)
+        request.setHeader(b"content-type", _JSON)
+        return b"{}"
+
+    @app.route("/v2/cudasharedmemory/status", methods=["GET"])
+    @app.route("/v2/cudasharedmemory/region/<name>/status", methods=["GET"])
+    @app.route("/v2/cudasharedmemory/unregister", methods=["POST"])
+    @app.route("/v2/cudasharedmemory/region/<name>/unregister", methods=["POST"])
+    @app.route("/v2/cudasharedmemory/region/<name>/register", methods=["POST"])
+    @endpoint
+    def cuda_shm(self, request: Any, name: Optional[str] = None) -> bytes:
+        request.setHeader(b"content-type", _JSON)
+        return dumps(cuda_answer(request.method, request.path, name))
 
     # -- anything else -------------------------------------------------------------
 

@@ -14,6 +14,8 @@ import orjson
 
 from v2d.errors import Internal, InvalidArgument
 from v2d.headers import client_parameters
+from v2d.rest._shm import region_output_entry
+from v2d.shm import WrittenToRegion, from_region
 from v2d.tensors import check_names, check_shape, decode_json_tensor, flat_output, shape_size
 from v2d.types import (
     DATATYPES,
@@ -106,7 +108,10 @@ def decode_request(doc: Dict[str, Any], binary: Any = None) -> InferenceRequest:
         field = f"inputs[{i}]"
         name, shape, datatype, params = decode_input_header(item, field)
         field = f"input '{name}'" if name else field
-        if params is not None and binary is not None and params.get("binary_data_size") is not None:
+        region = from_region(field, params)
+        if region is not None:
+            data: Any = region
+        elif params is not None and binary is not None and params.get("binary_data_size") is not None:
             data = binary(field, params, shape, datatype)
         else:
             if "data" not in item:
@@ -177,6 +182,9 @@ def response_dict(response: InferenceResponse, output_data: Any = None) -> Dict[
     """
     outputs = []
     for output in response.outputs:
+        if type(output.data) is WrittenToRegion:
+            outputs.append(region_output_entry(output))
+            continue
         datatype, shape = output_fields(output)
         if datatype not in DATATYPES:
             raise Internal(f"output '{output.name}' has unknown datatype {datatype!r}")

@@ -186,7 +186,9 @@ class ChildServer:
 
     def _dispatch(self, op: str, rid: int, body: Any) -> None:
         if op == "predict":
-            self._predict_now(rid, body)
+            from v2d.shm import output_writer  # outputs asked for in shared memory are written here
+
+            self._predict_now(rid, body, output_writer(body))
         elif op == "infer_encoded":
             self._infer_encoded(rid, *body)
         elif op == "custom":
