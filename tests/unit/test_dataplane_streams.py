@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import textwrap
 
 import grpc
 import numpy as np
@@ -23,20 +22,16 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.test.requesthelper import DummyChannel
 from zope.interface.verify import verifyObject
 
-from tests.unit.test_grpc_service import method, serve
+from tests.unit.test_grpc_service import method, models_dataplane, serve
 from v2d import errors
 from v2d.aio import as_future
-from v2d.dataplane import DataPlane
 from v2d.grpc._messages import pb
 from v2d.grpc._service import status_of
 from v2d.interfaces import IDataPlane
-from v2d.registry import ModelRegistry
-from v2d.repository import ModelRepository
 from v2d.rest import RestAPI
 from v2d.rest._router import RootResource
 from v2d.rest._site import V2DRequest
 from v2d.types import InferenceRequest, Parameters, RequestInput, RequestOutput
-from v2d.wrappers import LocalModelFactory
 
 RUNTIME = """
 import asyncio
@@ -91,14 +86,7 @@ SETTINGS = {
 
 @pytest.fixture
 def dataplane(tmp_path):
-    for name, settings in SETTINGS.items():
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "model-settings.json").write_text(json.dumps(dict(settings, name=name)))
-        (folder / "models.py").write_text(textwrap.dedent(RUNTIME))
-    repository = ModelRepository(str(tmp_path), environ={})
-    registry = ModelRegistry(factory_for=lambda settings: LocalModelFactory())
-    plane = DataPlane(registry=registry, repository=repository)
+    plane = models_dataplane(tmp_path, SETTINGS, RUNTIME)
     plane.observer = Observed()
     return plane
 
