@@ -1,7 +1,8 @@
 """
 Prometheus metrics: per-model request counts and latencies, requests in flight.
 
-The dataplane reports each finished request to an observer; this module is that
+The dataplane reports each finished request (and each stream, as one request) to an
+observer, with the error kind of a failed one (CANCELLED: its client went away); this module is that
 observer and serves the text exposition format at ``GET /metrics`` (``metrics_path``)
 on the REST endpoints, or on a listener of its own (``metrics``, as MLServer's
 ``metrics_port``). Each service has its own ``CollectorRegistry`` (no process-global
@@ -39,7 +40,7 @@ class Metrics:
         )
         self.failure = Counter(
             "model_infer_request_failure",
-            "Inference requests that failed, by error kind.",
+            "Inference requests that failed, by error kind (CANCELLED: the client went away).",
             ["model", "version", "kind"],
             registry=self.registry,
         )
