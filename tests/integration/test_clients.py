@@ -68,7 +68,8 @@ def daemon(tmp_path_factory):
             "implementation": "models.Echo",
             "versions": ["1"],
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-            "outputs": [{"name": "OUT_x", "datatype": "FP32", "shape": [-1, 4]}],
+            # no "outputs": a model that declares outputs is asked only for those, and
+            # this echo answers every input (OUT_<name>) and HEADER
             "max_batch_size": 8,
         },
         "countdown": {"implementation": "models.Countdown"},
