@@ -2,8 +2,8 @@
 A client that goes away cancels the work it asked for, through a real ``twistd v2d``:
 a runtime whose ``async def predict`` (and ``predict_stream``) sleeps 5 s sees
 ``CancelledError`` soon after its client disconnects (REST, the fast route and the
-Klein streaming route) or cancels its call (gRPC), and ``/metrics`` counts each as a
-CANCELLED request, with nothing left in flight.
+Klein streaming route, in mid-stream) or cancels its call (gRPC), and ``/metrics``
+counts each as a CANCELLED request, with nothing left in flight.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class Sleepy(MLModel):
 
     async def predict_stream(self, payloads):
         async for payload in payloads:
+            yield self.answer()  # the client goes away in mid-stream
             self.mark("stream")
             await self.nap()
             yield self.answer()
