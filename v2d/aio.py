@@ -12,9 +12,12 @@ import asyncio
 import inspect
 from typing import Any, Awaitable, Callable, Optional
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 
-__all__ = ["as_deferred", "call", "as_future", "ensure_future"]
+__all__ = ["CANCELLATIONS", "as_deferred", "call", "as_future", "ensure_future"]
+
+#: What cancelled work fails with, on either side of the seam.
+CANCELLATIONS = (CancelledError, asyncio.CancelledError)
 
 
 def ensure_future(

@@ -2,34 +2,42 @@
 The protocol's logic, transport-free.
 
 REST and gRPC decode their wire into v2d.types, call the ``DataPlane`` and encode what
-it returns; errors are v2d.errors, mapped by each transport. The dataplane also counts
-requests in flight so that shutdown can drain them, and answers those still in flight
-at the drain's deadline with ``Unavailable`` (503).
+it returns: a response (``infer``) or an async iterator of finished responses
+(``infer_stream``); errors are v2d.errors, answered by each transport from the table
+in v2d.errors. The dataplane counts requests and streams in flight so that shutdown
+can drain them, answers those still in flight at the drain's deadline with
+``Unavailable`` (503), and reports each to the observer (metrics). A request whose
+client went away is cancelled (the model's Deferred or awaitable with it) and
+reported as ``CANCELLED``.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Set
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from v2d._responses import complete_response
 from v2d._version import __version__
-from v2d.errors import FailedPrecondition, Internal, Unavailable, Unimplemented, V2DError
-from v2d.interfaces import IEncodedInference, IModelRegistry, IModelRepository
+from v2d.aio import CANCELLATIONS, as_deferred, ensure_future
+from v2d.errors import Cancelled, FailedPrecondition, Internal, Unavailable, Unimplemented, V2DError
+from v2d.interfaces import IDataPlane, IEncodedInference, IModelRegistry, IModelRepository
 from v2d.registry import describe_failure
-from v2d.shm import write_outputs
+from v2d.shm import refuse_regions, write_outputs
 from v2d.tensors import check_requested_outputs
 from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataServerResponse
 
-__all__ = ["DataPlane"]
+__all__ = ["DataPlane", "ResponseStream"]
 
 
+@implementer(IDataPlane)
 @attrs.define(eq=False)
 class DataPlane:
     """The Open Inference Protocol over a registry of models and a repository of folders."""
@@ -46,11 +54,12 @@ class DataPlane:
     inflight: int = 0
     #: The system shared-memory regions (v2d.shm.SharedMemoryRegistry); None: no such extension.
     shared_memory: Optional[Any] = None
-    #: Called as observer(model name, version, seconds, error kind or None) per request.
+    #: Called as observer(model name, version, seconds, error kind or None) per request
+    #: and per stream.
     observer: Optional[Callable[[str, Optional[str], float, Optional[str]], None]] = None
     _idle: List[Deferred] = attrs.field(factory=list)
-    #: The calls in flight (cancelled at the drain's deadline).
-    _calls: Set[Deferred] = attrs.field(factory=set)
+    #: The calls and streams in flight (cancelled at the drain's deadline).
+    _calls: Set[Any] = attrs.field(factory=set)
     #: Why calls in flight were cancelled (set at the drain's deadline).
     _aborted: Optional[str] = None
     log = Logger()
@@ -88,8 +97,10 @@ class DataPlane:
         self, name: str, version: Optional[str], request: InferenceRequest, model: Optional[Any] = None
     ) -> Deferred:
         """
-        Serve one request; a Deferred firing with the InferenceResponse. ``model``, if
-        given, is the one ``admit`` already gave for ``name`` and ``version``.
+        Serve one request; a Deferred firing with the InferenceResponse (cancelling it
+        cancels the model's work). ``model``, if given, is the one ``admit`` already
+        gave for ``name`` and ``version``. Outputs the request asks for must be among
+        those the model returns (as MLServer, whatever its metadata declares).
         """
         if model is None:
             model = self.admit(name, version)
@@ -98,7 +109,8 @@ class DataPlane:
         def complete(result: Any) -> InferenceResponse:
             response = complete_response(result, model.name, model.version, request.id)
             if request.outputs:
-                check_requested_outputs(request, response)
+                returned = {output.name for output in response.outputs}
+                check_requested_outputs(request, returned, response.model_name, "returned")
                 if lease is not None:
                     write_outputs(request, response)
             return response
@@ -134,6 +146,8 @@ class DataPlane:
         started = time.perf_counter()
         try:
             d = fn(*args)
+            if not isinstance(d, Deferred):
+                d = as_deferred(d)
         except BaseException:
             d = Deferred()
             d.errback()
@@ -153,9 +167,9 @@ class DataPlane:
             self.log.failure("metrics observer failed")
         return result
 
-    def _finish(self, result: Any, model: Any, call: Optional[Deferred] = None) -> Any:
+    def _finish(self, result: Any, model: Any, call: Optional[Any] = None) -> Any:
         self.inflight -= 1
-        self._calls.discard(call)  # type: ignore[arg-type]
+        self._calls.discard(call)
         if self.inflight == 0 and self._idle:
             waiting, self._idle = self._idle, []
             for d in waiting:
@@ -168,26 +182,28 @@ class DataPlane:
         exc = failure.value
         if isinstance(exc, V2DError):
             return failure
-        if isinstance(exc, CancelledError) and self._aborted is not None:
-            return Failure(Unavailable(self._aborted))
+        if isinstance(exc, CANCELLATIONS):
+            if self._aborted is not None:
+                return Failure(Unavailable(self._aborted))
+            self.log.info("a request to model {model} was cancelled: its client went away", model=model.name)
+            return Failure(Cancelled(f"request to model '{model.name}' cancelled: the client went away"))
         if isinstance(exc, NotImplementedError):
             return Failure(Unimplemented(str(exc) or f"model '{model.name}' does not implement this"))
         self.log.failure("model {model} failed a request", failure, model=model.name)
         return Failure(Internal(describe_failure(failure)))
 
-    def begin_stream(self, name: str, version: Optional[str]) -> Any:
-        """Check a model can stream and count the stream in flight; returns the model."""
-        if self.draining:
-            raise Unavailable("server is shutting down")
-        model = self.registry.get(name, version)
+    def infer_stream(
+        self, name: str, version: Optional[str], payloads: AsyncIterator[InferenceRequest]
+    ) -> "ResponseStream":
+        """
+        Serve a stream of requests with the model's ``predict_stream``: an async
+        iterator of finished responses (see ``ResponseStream``). Raises at once while
+        shutting down, for an unknown model, or one that does not stream.
+        """
+        model = self.admit(name, version)
         if not getattr(model, "streaming", False):
             raise Unimplemented(f"model '{name}' does not implement predict_stream()")
-        self.inflight += 1
-        return model
-
-    def end_stream(self, model: Any) -> None:
-        """A stream begun with ``begin_stream`` ended."""
-        self._finish(None, model)
+        return ResponseStream(self, model, payloads)
 
     # -- repository extension -------------------------------------------------
 
@@ -291,3 +307,99 @@ class DataPlane:
             return result
 
         return d.addBoth(stop_timer)
+
+
+async def _without_regions(payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[InferenceRequest]:
+    """A stream's requests; one that names a shared-memory region is refused."""
+    async for request in payloads:
+        yield refuse_regions(request, "streams")
+
+
+class ResponseStream:
+    """
+    The finished responses of one model's ``predict_stream``, an async iterator:
+    each is an InferenceResponse with the model's name and version filled in; a
+    failure is raised as the v2d error ``infer`` would give. The stream counts in
+    flight from its creation until it ends, fails or is closed (``aclose``, which the
+    consumer calls when it stops early), and is reported to the observer once, as a
+    request. Each step runs as a task of its own, so that the drain's deadline can
+    cancel it; a consumer that is cancelled cancels the step it awaits, and the
+    runtime sees ``CancelledError``.
+    """
+
+    log = Logger()
+
+    def __init__(self, dataplane: DataPlane, model: Any, payloads: AsyncIterator[InferenceRequest]) -> None:
+        self._dataplane = dataplane
+        self._model = model
+        self._payloads = _without_regions(payloads)
+        self._responses: Any = None
+        self._step: Any = None
+        self._ended = False
+        self._drained = False
+        self._started = time.perf_counter()
+        dataplane.inflight += 1
+        dataplane._calls.add(self)
+
+    def __aiter__(self) -> "ResponseStream":
+        return self
+
+    async def __anext__(self) -> InferenceResponse:
+        if self._ended:
+            raise StopAsyncIteration
+        model = self._model
+        try:
+            if self._drained:
+                raise Unavailable("server is shutting down")
+            if self._responses is None:
+                responses = model.predict_stream(self._payloads)
+                if inspect.isawaitable(responses):
+                    responses = await responses
+                self._responses = responses
+            self._step = ensure_future(self._responses.__anext__())
+            try:
+                result = await self._step
+            finally:
+                self._step = None
+            return complete_response(result, model.name, model.version, None, "predict_stream() yielded")
+        except StopAsyncIteration:
+            self._end(None)
+            raise
+        except BaseException as e:
+            mapped = self._end(Failure())
+            if isinstance(e, CANCELLATIONS) and not self._drained:
+                raise  # the consumer itself was cancelled: it must see its own cancellation
+            raise mapped.value from None
+
+    def cancel(self) -> None:
+        """End the stream at the drain's deadline: its step in flight is cancelled."""
+        self._drained = True
+        if self._step is not None:
+            self._step.cancel()
+
+    async def aclose(self) -> None:
+        """Stop early (or after the end): cancel the step in flight and close the model's stream."""
+        if not self._ended:
+            self._end(Failure(Cancelled(f"stream of model '{self._model.name}' closed before its end")))
+        responses, self._responses = self._responses, None
+        if self._step is not None:
+            self._step.cancel()  # the model's stream ends with the cancelled step
+            return
+        aclose = getattr(responses, "aclose", None)
+        if aclose is None:
+            return
+        try:
+            await aclose()
+        except Exception:
+            self.log.failure("closing the stream of model {model} failed", model=self._model.name)
+
+    def _end(self, failure: Optional[Failure]) -> Any:
+        """Count the stream out and report it, once; the failure mapped as ``infer``'s."""
+        if self._ended:
+            return failure
+        self._ended = True
+        dataplane = self._dataplane
+        result = dataplane._finish(failure, self._model, self)
+        if dataplane.observer is not None:
+            dataplane._observe(result, self._model, self._started)
+        return result

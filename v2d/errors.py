@@ -1,9 +1,10 @@
 """
 Transport-neutral errors.
 
-Each error has a ``kind``; REST maps kinds to HTTP statuses and gRPC to status codes,
-each in its own package. A runtime may raise these too (``InferenceError`` from a
-``predict`` becomes a 400 / INVALID_ARGUMENT, as in MLServer). ``MLServerError`` is
+Each error has a ``kind``; ``STATUS_OF_KIND`` is the one table of what each kind is
+answered with: an HTTP status (REST) and a gRPC status code (gRPC). A runtime may
+raise these too (``InferenceError`` from a ``predict`` becomes a 400 /
+INVALID_ARGUMENT, as in MLServer). ``MLServerError`` is
 MLServer's base class, with its ``status_code``: REST answers with that status and
 gRPC with the kind it maps to.
 
@@ -12,7 +13,11 @@ Imported by worker children: standard library only.
 
 from __future__ import annotations
 
+from typing import Dict, NamedTuple
+
 __all__ = [
+    "Cancelled",
+    "ErrorStatus",
     "FailedPrecondition",
     "HTTP_STATUS_OF_KIND",
     "KIND_OF_STATUS",
@@ -26,24 +31,60 @@ __all__ = [
     "ModelNotReady",
     "NotFound",
     "PayloadTooLarge",
+    "STATUS_OF_KIND",
     "StatusCodeError",
     "Unavailable",
     "Unimplemented",
     "V2DError",
+    "grpc_code_name",
+    "http_status",
     "kind_of_status",
+    "status_of_kind",
 ]
 
-#: The HTTP status of each kind (REST answers with it; ``MLServerError`` may set its own).
-HTTP_STATUS_OF_KIND = {
-    "INVALID_ARGUMENT": 400,
-    "FAILED_PRECONDITION": 400,
-    "UNIMPLEMENTED": 400,
-    "NOT_FOUND": 404,
-    "RESOURCE_EXHAUSTED": 413,
-    "UNAVAILABLE": 503,
-    "INTERNAL": 500,
-    "UNKNOWN": 500,
+class ErrorStatus(NamedTuple):
+    """How each transport answers an error of one kind."""
+
+    #: The HTTP status REST answers with (``MLServerError`` may carry its own).
+    http: int
+    #: The name of the ``grpc.StatusCode`` gRPC answers with.
+    grpc: str
+
+
+#: The one table of error kinds: each kind's HTTP status and gRPC status code.
+STATUS_OF_KIND: Dict[str, ErrorStatus] = {
+    "INVALID_ARGUMENT": ErrorStatus(400, "INVALID_ARGUMENT"),
+    "FAILED_PRECONDITION": ErrorStatus(400, "FAILED_PRECONDITION"),
+    "UNIMPLEMENTED": ErrorStatus(400, "UNIMPLEMENTED"),
+    "NOT_FOUND": ErrorStatus(404, "NOT_FOUND"),
+    "RESOURCE_EXHAUSTED": ErrorStatus(413, "RESOURCE_EXHAUSTED"),
+    # the client went away before its answer (nginx's 499); nobody reads it but the metrics
+    "CANCELLED": ErrorStatus(499, "CANCELLED"),
+    "UNAVAILABLE": ErrorStatus(503, "UNAVAILABLE"),
+    "INTERNAL": ErrorStatus(500, "INTERNAL"),
+    "UNKNOWN": ErrorStatus(500, "UNKNOWN"),
 }
+
+#: What a kind missing from the table (a runtime's own subclass) is answered with.
+_OTHER = STATUS_OF_KIND["INTERNAL"]
+
+#: The HTTP status of each kind (a view of ``STATUS_OF_KIND``).
+HTTP_STATUS_OF_KIND: Dict[str, int] = {kind: status.http for kind, status in STATUS_OF_KIND.items()}
+
+
+def status_of_kind(kind: str) -> ErrorStatus:
+    """The HTTP status and gRPC code of an error kind (INTERNAL's for a kind not in the table)."""
+    return STATUS_OF_KIND.get(kind, _OTHER)
+
+
+def grpc_code_name(error: BaseException) -> str:
+    """The name of the gRPC status code an error is answered with (INTERNAL unless a V2DError)."""
+    return status_of_kind(error.kind).grpc if isinstance(error, V2DError) else _OTHER.grpc
+
+
+def http_status(error: BaseException) -> int:
+    """The HTTP status an error is answered with (500 unless a V2DError)."""
+    return error.status_code if isinstance(error, V2DError) else _OTHER.http
 
 
 #: The kinds of the HTTP statuses an error may carry, as MLServer maps them to gRPC
@@ -76,7 +117,7 @@ class V2DError(Exception):
     @property
     def status_code(self) -> int:
         """The HTTP status REST answers with."""
-        return HTTP_STATUS_OF_KIND.get(self.kind, 500)
+        return status_of_kind(self.kind).http
 
     def __reduce__(self):  # keep the message when pickled to or from a worker
         return (type(self), (self.message,))
@@ -181,6 +222,12 @@ class Unimplemented(V2DError):
     """The model or server does not offer this (e.g. streaming on a non-streaming model)."""
 
     kind = "UNIMPLEMENTED"
+
+
+class Cancelled(V2DError):
+    """The client went away (or cancelled its call) before the answer; its work was cancelled."""
+
+    kind = "CANCELLED"
 
 
 class Internal(V2DError):

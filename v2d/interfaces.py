@@ -3,7 +3,7 @@ Every zope interface of v2d, in one place.
 
 The dataplane talks to ``IModelRegistry`` and ``IModel`` only: a runtime in this
 process, a runtime in a worker process and a batching wrapper all provide ``IModel``,
-and the dataplane cannot tell them apart.
+and the dataplane cannot tell them apart. The transports talk to ``IDataPlane``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from zope.interface import Attribute, Interface
 
 __all__ = [
     "ICustomHandlers",
+    "IDataPlane",
     "IEncodedInference",
     "IModel",
     "IModelFactory",
@@ -23,10 +24,20 @@ __all__ = [
 
 class IModel(Interface):
     """
-    A loaded (or loadable) model.
+    A model as the registry holds it: ``LocalModel`` (a runtime in this process),
+    ``WorkerModel`` (a runtime in worker processes) or a batching wrapper of either.
 
-    ``load``, ``unload``, ``predict`` may return a plain value, a Deferred or an
-    awaitable (asyncio semantics); callers normalise with ``v2d.aio.as_deferred``.
+    ``load``, ``unload`` and ``predict`` return a Deferred: the registry, the
+    batching wrapper and the dataplane add callbacks to it (the dataplane also takes
+    a plain value or an awaitable from ``predict``). Cancelling ``predict``'s
+    Deferred (its client went away) should cancel the work. A runtime, the
+    ``MLModel`` a user writes, may instead return a plain value, a Deferred or an
+    awaitable (asyncio semantics) from any of the three: ``LocalModel`` and the
+    worker child turn each into a Deferred (``v2d.aio.as_deferred``).
+
+    Read besides the methods: ``name``, ``version``, ``settings`` (model
+    configuration, custom metrics), ``ready``; optional, ``streaming`` (False when
+    absent) with ``predict_stream``.
     """
 
     name = Attribute("The model's name (str).")
@@ -35,16 +46,101 @@ class IModel(Interface):
     ready = Attribute("True once loaded and able to serve.")
 
     def load():  # type: ignore[misc]
-        """Load the model. Result: True/None when loaded, False when not."""
+        """
+        Load the model: a Deferred firing with True or None when loaded, False when
+        the model could not load (a failure says why).
+        """
 
     def unload():  # type: ignore[misc]
-        """Free what ``load`` took."""
+        """Free what ``load`` took: a Deferred."""
 
     def predict(payload):  # type: ignore[misc]
-        """Serve one v2d.types.InferenceRequest; result: v2d.types.InferenceResponse."""
+        """
+        Serve one v2d.types.InferenceRequest: a Deferred firing with a
+        v2d.types.InferenceResponse (a missing model name, version or id is filled in
+        by the dataplane; anything else is an INTERNAL error). A v2d.errors error is
+        answered as its kind; ``NotImplementedError`` as UNIMPLEMENTED; any other as
+        INTERNAL.
+        """
 
     def metadata():  # type: ignore[misc]
-        """The model's v2d.types.MetadataModelResponse."""
+        """
+        The model's v2d.types.MetadataModelResponse, at once (not a Deferred).
+        """
+
+
+class IDataPlane(Interface):
+    """
+    The Open Inference Protocol, transport-free: what REST and gRPC call. Errors are
+    v2d.errors (raised, or failing the Deferreds); each transport answers them from
+    the one table, ``v2d.errors.STATUS_OF_KIND``.
+    """
+
+    inflight = Attribute("The requests and streams being served (int).")
+    draining = Attribute("True once shutdown began: new requests are refused.")
+    shared_memory = Attribute(
+        "The system shared-memory regions (v2d.shm.SharedMemoryRegistry), or None when the "
+        "server has no such extension."
+    )
+
+    def live():  # type: ignore[misc]
+        """Whether the server is live (bool)."""
+
+    def ready():  # type: ignore[misc]
+        """Whether the server is ready: started, not draining, every model ready (bool)."""
+
+    def metadata():  # type: ignore[misc]
+        """The server's v2d.types.MetadataServerResponse."""
+
+    def model_metadata(name, version=None):  # type: ignore[misc]
+        """A model's v2d.types.MetadataModelResponse; raises ModelNotFound."""
+
+    def model_ready(name, version=None):  # type: ignore[misc]
+        """Whether a model can serve (bool); raises ModelNotFound."""
+
+    def model(name, version=None):  # type: ignore[misc]
+        """The ready IModel (for transports that need more than ``infer``)."""
+
+    def admit(name, version):  # type: ignore[misc]
+        """The ready IModel for a request; raises while draining or if there is none."""
+
+    def infer(name, version, request, model=None):  # type: ignore[misc]
+        """
+        Serve one v2d.types.InferenceRequest: a Deferred firing with the
+        InferenceResponse. Cancelling the Deferred cancels the model's work.
+        """
+
+    def infer_stream(name, version, payloads):  # type: ignore[misc]
+        """
+        Serve an async iterator of InferenceRequests with the model's
+        ``predict_stream``: an async iterator of finished InferenceResponses (errors
+        raised as v2d errors), with ``aclose()`` for a consumer that stops early.
+        Raises at once for a model that cannot stream.
+        """
+
+    def takes_encoded(model, wire):  # type: ignore[misc]
+        """Whether ``model`` takes requests in encoding ``wire`` itself (IEncodedInference)."""
+
+    def infer_encoded(model, wire, data, headers):  # type: ignore[misc]
+        """A request still in encoding ``wire``: a Deferred of (response bytes, headers or None)."""
+
+    def repository_index(ready_only=False):  # type: ignore[misc]
+        """Every model found or loaded: dicts of name, version, state, reason."""
+
+    def load_model(name):  # type: ignore[misc]
+        """(Re)load a model from its folder: a Deferred."""
+
+    def unload_model(name):  # type: ignore[misc]
+        """Unload every version of a model: a Deferred."""
+
+    def load_all():  # type: ignore[misc]
+        """Load every model found at start-up: a Deferred that never fails."""
+
+    def drain(clock, timeout):  # type: ignore[misc]
+        """
+        Refuse new requests; a Deferred firing when none is in flight, or after
+        ``timeout`` s, when those still in flight are answered UNAVAILABLE.
+        """
 
 
 class IEncodedInference(Interface):

@@ -1,13 +1,14 @@
 """
 Prometheus metrics: per-model request counts and latencies, requests in flight.
 
-The dataplane reports each finished request to an observer; this module is that
-observer and serves the text exposition format at ``GET /metrics`` (``metrics_path``)
-on the REST endpoints, or on a listener of its own (``metrics``, as MLServer's
-``metrics_port``). Each service has its own ``CollectorRegistry`` (no process-global
-state). Names follow MLServer's where the idea is the same. Runtimes' own metrics
-(``register``/``log``, v2d.custom_metrics) are recorded here too, as histograms
-labelled by model name and version.
+The dataplane reports each finished request (and each stream, as one request) to an
+observer, with the error kind of a failed one (CANCELLED: its client went away); this
+module is that observer and serves the text exposition format at ``GET /metrics``
+(``metrics_path``) on the REST endpoints, or on a listener of its own (``metrics``, as
+MLServer's ``metrics_port``). Each service has its own ``CollectorRegistry`` (no
+process-global state). Names follow MLServer's where the idea is the same. Runtimes'
+own metrics (``register``/``log``, v2d.custom_metrics) are recorded here too, as
+histograms labelled by model name and version.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Metrics:
         )
         self.failure = Counter(
             "model_infer_request_failure",
-            "Inference requests that failed, by error kind.",
+            "Inference requests that failed, by error kind (CANCELLED: the client went away).",
             ["model", "version", "kind"],
             registry=self.registry,
         )

@@ -473,3 +473,22 @@ class SharedMemoryRegistry:
         for region in used:
             region.users += 1
         return Lease(used)
+
+
+def refuse_regions(request: Any, where: str) -> Any:
+    """
+    ``request`` as it is, or InvalidArgument naming the first input or output that
+    names a region: ``where`` (a stream) does not read from or write to shared memory.
+    """
+    for tensor in request.inputs:
+        if type(tensor.data) is FromRegion:
+            raise InvalidArgument(f"{tensor.data.field}: shared memory is not supported on {where}")
+    for i, requested in enumerate(request.outputs or ()):
+        params = requested.parameters
+        if params is not None and params.get(REGION) is not None:
+            raise InvalidArgument(
+                f"outputs[{i}] ('{requested.name}').parameters.{REGION}: shared memory is not "
+                f"supported on {where}"
+            )
+    return request
+

@@ -9,11 +9,11 @@ element by element in Python; every error is an ``InvalidArgument`` naming the f
 from __future__ import annotations
 
 import struct
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from v2d.errors import InvalidArgument
+from v2d.errors import Internal, InvalidArgument
 from v2d.types import DATATYPES, datatype_of
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "flat_output",
     "output_array",
     "pack_bytes",
+    "prepare_output",
     "shape_size",
 ]
 
@@ -80,18 +81,17 @@ def check_names(request: Any) -> None:
             seen.add(item.name)
 
 
-def check_requested_outputs(request: Any, response: Any) -> None:
+def check_requested_outputs(request: Any, known: Iterable[str], model_name: str, source: str) -> None:
     """
-    InvalidArgument if the request asked for an output the model did not return: its
-    name is unknown to the model (checked on the response, since a model may return
-    outputs it does not declare in its metadata).
+    InvalidArgument if the request asks for an output whose name is not in ``known``,
+    the names the model ``source`` ("declares" in its metadata, or "returned").
     """
-    returned = {output.name for output in response.outputs}
+    names = known if isinstance(known, (set, frozenset)) else set(known)
     for i, requested in enumerate(request.outputs or ()):
-        if requested.name not in returned:
+        if requested.name not in names:
             raise InvalidArgument(
-                f"outputs[{i}].name: model '{response.model_name}' has no output {requested.name!r} "
-                f"(it returned: {', '.join(sorted(returned)) or 'none'})"
+                f"outputs[{i}].name: model '{model_name}' has no output {requested.name!r} "
+                f"(it {source}: {', '.join(sorted(names)) or 'none'})"
             )
 
 
@@ -261,6 +261,30 @@ def flat_output(datatype: str, data: Any, field: str = "output") -> Tuple[Any, b
             return _flatten_bytes(data, field), False
         return list(data) if not isinstance(data, list) else data, False
     return output_array(datatype, data, field).ravel(), True
+
+
+def prepare_output(output: Any) -> Tuple[str, List[int], Any, bool]:
+    """
+    A model's output checked and ready for any wire: (datatype, shape, flat data,
+    numeric), the datatype and shape derived from the data where not given (see
+    ``flat_output``). ``Internal`` naming the output if they do not fit its data.
+    """
+    where = f"output '{output.name}'"
+    data = output.data
+    datatype = output.datatype or infer_datatype(data)
+    if datatype not in DATATYPES:
+        raise Internal(f"{where} has unknown datatype {datatype!r}")
+    shape = output.shape
+    if shape is None:
+        shape = np.shape(data) if isinstance(data, np.ndarray) else [len(data)]
+    shape = [int(d) for d in shape]
+    try:
+        flat, numeric = flat_output(datatype, data, where)
+    except ValueError as e:
+        raise Internal(str(e)) from None
+    if len(flat) != shape_size(shape):
+        raise Internal(f"model returned {where} with {len(flat)} elements for shape {shape}")
+    return datatype, shape, flat, numeric
 
 
 def encode_raw_tensor(datatype: str, data: Any, field: str = "output") -> Any:

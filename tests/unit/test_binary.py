@@ -291,7 +291,8 @@ def test_infer_stream_errors(stub):
         stub, "POST", "/v2/models/words/infer_stream", stream_body(["a", "fail"])
     )
     events = sse_events(content)
-    assert code == 200 and events[-1] == ("error", {"error": "cannot say fail"})
+    # the same message as a single request whose predict() raised it (and as over gRPC)
+    assert code == 200 and events[-1] == ("error", {"error": "ValueError: cannot say fail"})
     code, content, _ = call_on_a_loop(stub, "POST", "/v2/models/echo/infer_stream", stream_body(["a"]))
     assert code == 400 and b"does not implement predict_stream" in content
     code, content, _ = call_on_a_loop(stub, "POST", "/v2/models/words/infer_stream", stream_body(["fail"]))

@@ -73,17 +73,21 @@ class LoopReactor:
         self._asyncioEventloop = loop
 
 
+def models_dataplane(folder, settings_of, runtime):
+    """A DataPlane over in-process models: a folder of each ``settings_of`` with ``runtime`` as models.py."""
+    for name, settings in settings_of.items():
+        model = folder / name
+        model.mkdir()
+        (model / "model-settings.json").write_text(json.dumps(dict(settings, name=name)))
+        (model / "models.py").write_text(textwrap.dedent(runtime))
+    repository = ModelRepository(str(folder), environ={})
+    registry = ModelRegistry(factory_for=lambda settings: LocalModelFactory())
+    return DataPlane(registry=registry, repository=repository)
+
+
 @pytest.fixture
 def dataplane(tmp_path):
-    for name, settings in SETTINGS.items():
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "model-settings.json").write_text(json.dumps(dict(settings, name=name)))
-        (folder / "models.py").write_text(textwrap.dedent(RUNTIME))
-    repository = ModelRepository(str(tmp_path), environ={})
-    registry = ModelRegistry(factory_for=lambda settings: LocalModelFactory())
-    plane = DataPlane(registry=registry, repository=repository)
-    return plane
+    return models_dataplane(tmp_path, SETTINGS, RUNTIME)
 
 
 def serve(dataplane, test, **settings):

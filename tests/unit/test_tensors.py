@@ -5,15 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from v2d.errors import InvalidArgument
+from v2d.errors import Internal, InvalidArgument
+from v2d.grpc._convert import encode_infer_response
+from v2d.rest._json import response_dict
 from v2d.tensors import (
     bytes_elements,
     decode_json_tensor,
     decode_raw_tensor,
     encode_raw_tensor,
     pack_bytes,
+    prepare_output,
 )
-from v2d.types import DATATYPES
+from v2d.types import DATATYPES, InferenceResponse, ResponseOutput
 
 
 @pytest.mark.parametrize("datatype", [d for d in DATATYPES if d != "BYTES"])
@@ -82,3 +85,33 @@ def test_raw_decoding_does_not_copy():
     arr = decode_raw_tensor("FP32", [4], buffer, "x")
     buffer[0:4] = np.float32(9).tobytes()
     assert arr[0] == 9
+
+
+def test_an_output_without_datatype_or_shape_takes_them_from_its_data():
+    datatype, shape, flat, numeric = prepare_output(
+        ResponseOutput(name="y", shape=None, datatype="", data=np.zeros((2, 3), np.int16))
+    )
+    assert (datatype, shape, numeric, len(flat)) == ("INT16", [2, 3], True, 6)
+    datatype, shape, flat, numeric = prepare_output(
+        ResponseOutput(name="w", shape=None, datatype="BYTES", data=["a", "b"])
+    )
+    assert (datatype, shape, flat, numeric) == ("BYTES", [2], ["a", "b"], False)
+
+
+@pytest.mark.parametrize(
+    "datatype, shape, data, message",
+    [
+        ("FP8", [3], [1, 2, 3], "output 'y' has unknown datatype"),
+        ("FP32", [3], [1, 2], "output 'y' with 2 elements for shape"),
+        ("INT32", [1], ["x"], "output 'y': cannot convert"),
+    ],
+)
+def test_a_bad_output_is_the_same_internal_error_over_rest_and_grpc(datatype, shape, data, message):
+    output = ResponseOutput(name="y", shape=shape, datatype=datatype, data=data)
+    with pytest.raises(Internal, match=message):
+        prepare_output(output)
+    response = InferenceResponse(model_name="m", outputs=[output])
+    with pytest.raises(Internal, match=message):
+        response_dict(response)
+    with pytest.raises(Internal, match=message):
+        encode_infer_response(response, raw=False)

@@ -24,9 +24,8 @@ from v2d.tensors import (
     check_names,
     check_shape,
     decode_raw_tensor,
-    flat_output,
-    infer_datatype,
     pack_bytes,
+    prepare_output,
     shape_size,
 )
 from v2d.types import (
@@ -371,15 +370,6 @@ def decode_infer_request(
 # -- responses --------------------------------------------------------------------
 
 
-def _output_fields(output: Any) -> Tuple[str, List[int]]:
-    datatype = output.datatype or infer_datatype(output.data)
-    shape = output.shape
-    if shape is None:
-        data = output.data
-        shape = list(np.shape(data)) if isinstance(data, np.ndarray) else [len(data)]
-    return datatype, [int(d) for d in shape]
-
-
 def _bytes_item(item: Any) -> bytes:
     if isinstance(item, bytes):
         return item
@@ -446,17 +436,7 @@ def _build_infer_response(response: InferenceResponse, raw: bool) -> Tuple[Any, 
         if type(output.data) is WrittenToRegion:
             prepared.append((output, output.datatype, list(output.shape), None, False))
             continue
-        where = f"output '{output.name}'"
-        datatype, shape = _output_fields(output)
-        if datatype not in DATATYPES:
-            raise Internal(f"{where} has unknown datatype {datatype!r}")
-        try:
-            flat, numeric = flat_output(datatype, output.data, where)
-        except ValueError as e:
-            raise Internal(str(e)) from None
-        if len(flat) != shape_size(shape):
-            raise Internal(f"model returned {where} with {len(flat)} elements for shape {shape}")
-        prepared.append((output, datatype, shape, flat, numeric))
+        prepared.append((output, *prepare_output(output)))
     use_raw = raw or any(TYPED_FIELD[p[1]] is None for p in prepared if p[3] is not None)
     chunks: List[Any] = []
     for output, datatype, shape, flat, numeric in prepared:

@@ -3,14 +3,15 @@ The ``inference.GRPCInferenceService`` handlers over a DataPlane.
 
 Handlers are thin: message -> v2d.types (v2d.grpc._convert) -> dataplane -> message.
 They run on grpc.aio, on the reactor's own asyncio loop; Deferreds from the dataplane
-are awaited through v2d.aio. v2d.errors map to status codes by kind.
+are awaited through v2d.aio. v2d.errors are answered with their status code (v2d.errors'
+table). A call the client cancels cancels its handler's task, and with it the
+dataplane's Deferred or stream step it awaits (so the model's work).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import Any, AsyncIterator, Callable, Dict
+from typing import Any, AsyncIterator, Callable, Optional
 
 import grpc
 from google.protobuf import json_format
@@ -18,7 +19,7 @@ from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
 from v2d.aio import as_future
-from v2d.errors import InvalidArgument, NotFound, V2DError
+from v2d.errors import InvalidArgument, NotFound, V2DError, grpc_code_name
 from v2d.grpc import _shm
 from v2d.grpc._convert import (
     SplitInferRequest,
@@ -33,29 +34,18 @@ from v2d.grpc._convert import (
 from v2d.grpc._encoded import WIRE
 from v2d.grpc._messages import SERVICE_NAME, pb
 from v2d.headers import attach_headers, take_headers
+from v2d.interfaces import IDataPlane
 from v2d.modelconfig import model_config
-from v2d.types import HeaderDict, InferenceRequest, InferenceResponse
+from v2d.types import HeaderDict, InferenceRequest
 
-__all__ = ["InferenceServicer", "STATUS_OF_KIND", "status_of"]
+__all__ = ["InferenceServicer", "status_of"]
 
 log = Logger()
 
-#: gRPC status codes of the v2d.errors kinds.
-STATUS_OF_KIND: Dict[str, grpc.StatusCode] = {
-    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
-    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
-    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
-    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
-    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "UNIMPLEMENTED": grpc.StatusCode.UNIMPLEMENTED,
-    "INTERNAL": grpc.StatusCode.INTERNAL,
-    "UNKNOWN": grpc.StatusCode.UNKNOWN,
-}
-
 
 def status_of(error: V2DError) -> grpc.StatusCode:
-    """The status code of a v2d error."""
-    return STATUS_OF_KIND.get(error.kind, grpc.StatusCode.INTERNAL)
+    """The status code of a v2d error (by v2d.errors' table)."""
+    return grpc.StatusCode[grpc_code_name(error)]
 
 
 def _is_abort(exc: BaseException) -> bool:
@@ -139,7 +129,7 @@ def _deserializer(cls: Any, unary_infer: bool = False) -> Callable[[bytes], Any]
 class InferenceServicer:
     """The Open Inference Protocol's gRPC service (with Triton's extensions)."""
 
-    def __init__(self, dataplane: Any) -> None:
+    def __init__(self, dataplane: IDataPlane) -> None:
         self.dataplane = dataplane
 
     # -- health and metadata -------------------------------------------------------
@@ -216,77 +206,42 @@ class InferenceServicer:
 
     async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """
-        A stream served by the model's ``predict_stream``: the first request names the
-        model; each later one must name the same. Errors end the stream with one
-        response carrying ``error_message`` (as Triton's clients expect).
+        A stream served by the model's ``predict_stream`` (``DataPlane.infer_stream``):
+        the first request names the model; each later one must name the same. Errors
+        end the stream with one response carrying ``error_message`` (as Triton's
+        clients expect).
         """
-        headers = metadata_headers(context.invocation_metadata())
         incoming = requests.__aiter__()
         first = await _next(incoming)
         if first is None:
             return
-        state = {"raw": True}
-        model = None
+        payloads = _StreamRequests(first, incoming, metadata_headers(context.invocation_metadata()))
+        responses: Optional[Any] = None
         try:
             if isinstance(first, Undecodable):
                 raise first.error()
-            name, version = first.model_name, first.model_version or None
-            if not name:
+            if not first.model_name:
                 raise InvalidArgument("model_name is required")
-            model = self.dataplane.begin_stream(name, version)
-
-            async def payloads() -> AsyncIterator[InferenceRequest]:
-                message = first
-                index = 0
-                while message is not None:
-                    if isinstance(message, Undecodable):
-                        raise message.error()
-                    if message.model_name != name or (message.model_version or None) != version:
-                        raise InvalidArgument(
-                            f"stream request {index} names model '{message.model_name}'; "
-                            f"this stream serves '{name}'"
-                        )
-                    _, _, payload, raw = decode_infer_request(message)
-                    state["raw"] = raw
-                    attach_headers(payload, HeaderDict(headers))
-                    yield payload
-                    index += 1
-                    message = await _next(incoming)
-
-            responses = model.predict_stream(payloads())
-            if inspect.isawaitable(responses):
-                responses = await responses
+            responses = self.dataplane.infer_stream(payloads.name, payloads.version, payloads.decoded())
             sent_headers = False
             async for response in responses:
-                if not isinstance(response, InferenceResponse):
-                    raise V2DError(
-                        f"model '{name}' predict_stream() yielded {type(response).__name__}, "
-                        "not an InferenceResponse"
-                    )
-                if not response.model_name:
-                    response.model_name = model.name
-                if response.model_version is None:
-                    response.model_version = model.version
                 extra = take_headers(response)
+                message = encode_infer_response(response, payloads.raw)
                 if not sent_headers:
                     sent_headers = True
                     if extra:
                         await context.send_initial_metadata(response_metadata(extra))
-                yield pb.ModelStreamInferResponse(
-                    infer_response=encode_infer_response(response, state["raw"])
-                )
+                yield pb.ModelStreamInferResponse(infer_response=message)
         except V2DError as e:
             yield pb.ModelStreamInferResponse(error_message=e.message)
-        except NotImplementedError as e:
-            yield pb.ModelStreamInferResponse(error_message=str(e) or "predict_stream() is not implemented")
         except Exception as e:
             if _is_abort(e):
                 raise
-            log.failure("model stream failed")
-            yield pb.ModelStreamInferResponse(error_message=f"{type(e).__name__}: {e}")
+            log.failure("streaming a response failed")
+            yield pb.ModelStreamInferResponse(error_message=f"internal error: {type(e).__name__}: {e}")
         finally:
-            if model is not None:
-                self.dataplane.end_stream(model)
+            if responses is not None:
+                await responses.aclose()
 
     # -- repository extension ---------------------------------------------------------
 
@@ -357,6 +312,35 @@ class InferenceServicer:
                 response_serializer=_serializer(response_cls),
             )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+class _StreamRequests:
+    """The requests of one ``ModelStreamInfer`` call, decoded; ``raw``: how the last came."""
+
+    def __init__(self, first: Any, incoming: Any, headers: HeaderDict) -> None:
+        self.first = first
+        self.incoming = incoming
+        self.headers = headers
+        self.name = getattr(first, "model_name", "")
+        self.version = getattr(first, "model_version", "") or None
+        self.raw = True
+
+    async def decoded(self) -> AsyncIterator[InferenceRequest]:
+        message = self.first
+        index = 0
+        while message is not None:
+            if isinstance(message, Undecodable):
+                raise message.error()
+            if message.model_name != self.name or (message.model_version or None) != self.version:
+                raise InvalidArgument(
+                    f"stream request {index} names model '{message.model_name}'; "
+                    f"this stream serves '{self.name}'"
+                )
+            _, _, payload, self.raw = decode_infer_request(message)
+            attach_headers(payload, HeaderDict(self.headers))
+            yield payload
+            index += 1
+            message = await _next(self.incoming)
 
 
 async def _next(iterator: Any) -> Any:

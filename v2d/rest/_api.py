@@ -2,13 +2,14 @@
 The Open Inference Protocol over REST, as a Klein app bound to a DataPlane.
 
 Handlers are thin: decode the wire, call the dataplane, encode the answer. Errors are
-v2d.errors mapped to an HTTP status and ``{"error": "..."}``.
+v2d.errors answered with their HTTP status (v2d.errors' table) and ``{"error": "..."}``.
+A client that goes away cancels its request (Klein cancels a route's Deferred; the
+fast route does the same in v2d.rest._router).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Any, AsyncIterator, Callable, Dict, Optional
 
 from klein import Klein
@@ -17,9 +18,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException
 
-from v2d.aio import as_deferred
-from v2d.errors import HTTP_STATUS_OF_KIND, InvalidArgument, Unimplemented, V2DError
+from v2d.aio import CANCELLATIONS, as_deferred
+from v2d.errors import HTTP_STATUS_OF_KIND, Internal, InvalidArgument, V2DError
 from v2d.headers import attach_headers, take_headers
+from v2d.interfaces import IDataPlane
 from v2d.modelconfig import model_config
 from v2d.rest._binary import HEADER_LENGTH, decode_infer_body, encode_infer_body
 from v2d.rest._json import (
@@ -33,7 +35,8 @@ from v2d.types import HeaderDict, InferenceRequest, InferenceResponse
 
 __all__ = ["HOP_BY_HOP", "RestAPI", "STATUS_OF_KIND"]
 
-#: HTTP statuses of the v2d.errors kinds (an ``MLServerError`` may carry its own).
+#: HTTP statuses of the v2d.errors kinds (a view of v2d.errors' table; an
+#: ``MLServerError`` may carry its own).
 STATUS_OF_KIND: Dict[str, int] = HTTP_STATUS_OF_KIND
 
 #: Headers that describe one connection, never copied to or from a model.
@@ -80,6 +83,8 @@ def _on_failure(request: Any) -> Callable[[Failure], bytes]:
     def handle(failure: Failure) -> bytes:
         if isinstance(failure.value, V2DError):
             return _error(request, failure.value)
+        if isinstance(failure.value, CANCELLATIONS):
+            return b""  # the client went away: nobody reads an answer
         return _unexpected(request, failure)
 
     return handle
@@ -138,56 +143,41 @@ async def _one(payload: InferenceRequest) -> AsyncIterator[InferenceRequest]:
     yield payload
 
 
-async def send_event_stream(request: Any, model: Any, payload: InferenceRequest, done: Callable) -> bytes:
+def _event_stream_started(request: Any, headers: Optional[Dict[str, Any]]) -> None:
+    request.setHeader(b"content-type", b"text/event-stream")
+    request.setHeader(b"cache-control", b"no-cache")
+    send_headers(request, headers)
+
+
+async def send_event_stream(request: Any, responses: Any) -> bytes:
     """
-    Write the responses of ``model.predict_stream`` as server-sent events (``data:`` and
-    the JSON response each). An error before the first response is an ordinary error
+    Write a dataplane stream's responses as server-sent events (``data:`` and the JSON
+    response each). An error before the first response is an ordinary error
     response; after it, an ``event: error`` with ``{"error": ...}`` ends the stream.
-    ``done(model)`` is called at the end, whatever happens.
+    The stream is closed at the end, whatever happens (a client that goes away
+    cancels the Deferred of this coroutine, and so the model's step in flight).
     """
-    gone: list = []
-    request.notifyFinish().addErrback(gone.append)
     started = False
-    responses: Any = None
     try:
-        responses = model.predict_stream(_one(payload))
-        if inspect.isawaitable(responses):
-            responses = await responses
         async for response in responses:
-            if gone:
-                break
-            if not isinstance(response, InferenceResponse):
-                kind = type(response).__name__
-                raise V2DError(f"predict_stream() yielded {kind}, not an InferenceResponse")
-            if not response.model_name:
-                response.model_name = model.name
-            if response.model_version is None:
-                response.model_version = model.version
             headers = take_headers(response)
+            body = encode_response(response)
             if not started:
                 started = True
-                request.setHeader(b"content-type", b"text/event-stream")
-                request.setHeader(b"cache-control", b"no-cache")
-                send_headers(request, headers)
-            request.write(b"data: " + encode_response(response) + b"\n\n")
+                _event_stream_started(request, headers)
+            request.write(b"data: " + body + b"\n\n")
     except Exception as e:
-        if isinstance(e, NotImplementedError):
-            e = Unimplemented(str(e) or "predict_stream() is not implemented")
+        error = e if isinstance(e, V2DError) else None
+        if error is None:
+            log.failure("streaming a response failed")
+            error = Internal(f"internal error: {type(e).__name__}: {e}")
         if not started:
-            if isinstance(e, V2DError):
-                return _error(request, e)
-            return _unexpected(request, Failure())
-        if not isinstance(e, V2DError):
-            log.failure("model {model} failed a stream", model=model.name)
-        if not gone:
-            request.write(b"event: error\ndata: " + error_body(str(e)) + b"\n\n")
+            return _error(request, error)
+        request.write(b"event: error\ndata: " + error_body(error.message) + b"\n\n")
     finally:
-        aclose = getattr(responses, "aclose", None)
-        if gone and aclose is not None:
-            await aclose()
-        done(model)
+        await responses.aclose()
     if not started:
-        request.setHeader(b"content-type", b"text/event-stream")
+        _event_stream_started(request, None)
     return b""
 
 
@@ -196,7 +186,7 @@ class RestAPI:
 
     app = Klein()
 
-    def __init__(self, dataplane: Any) -> None:
+    def __init__(self, dataplane: IDataPlane) -> None:
         self.dataplane = dataplane
 
     # -- health -----------------------------------------------------------------
@@ -293,8 +283,8 @@ class RestAPI:
         """One request (JSON) served by the model's ``predict_stream``, answered as server-sent events."""
         payload = decode_infer_body(request_body(request), None)
         attach_headers(payload, request_headers(request))
-        model = self.dataplane.begin_stream(name, version)
-        return as_deferred(send_event_stream(request, model, payload, self.dataplane.end_stream))
+        responses = self.dataplane.infer_stream(name, version, _one(payload))
+        return as_deferred(send_event_stream(request, responses))
 
     # -- repository extension ----------------------------------------------------
 

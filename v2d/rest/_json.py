@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import orjson
 
 from v2d.errors import Internal, InvalidArgument
 from v2d.headers import client_parameters
 from v2d.rest._shm import region_output_entry
 from v2d.shm import WrittenToRegion, from_region
-from v2d.tensors import check_names, check_shape, decode_json_tensor, flat_output, shape_size
+from v2d.tensors import check_names, check_shape, decode_json_tensor, prepare_output
 from v2d.types import (
     DATATYPES,
     InferenceRequest,
@@ -24,7 +23,6 @@ from v2d.types import (
     Parameters,
     RequestInput,
     RequestOutput,
-    datatype_of,
 )
 
 __all__ = ["decode_request", "dumps", "encode_response", "error_body", "parse_json_object", "response_dict"]
@@ -161,18 +159,6 @@ def _json_bytes_items(items: List[Any], name: str) -> List[str]:
     return out
 
 
-def output_fields(output: Any) -> tuple:
-    """(datatype, shape) of an output, derived from its data where not given."""
-    datatype = output.datatype
-    data = output.data
-    if not datatype:
-        datatype = datatype_of(np.asarray(data).dtype)
-    shape = output.shape
-    if shape is None:
-        shape = list(np.shape(data)) if isinstance(data, np.ndarray) else [len(data)]
-    return datatype, list(shape)
-
-
 def response_dict(response: InferenceResponse, output_data: Any = None) -> Dict[str, Any]:
     """
     The JSON form of a response (headers already taken out). ``output_data(output,
@@ -185,16 +171,7 @@ def response_dict(response: InferenceResponse, output_data: Any = None) -> Dict[
         if type(output.data) is WrittenToRegion:
             outputs.append(region_output_entry(output))
             continue
-        datatype, shape = output_fields(output)
-        if datatype not in DATATYPES:
-            raise Internal(f"output '{output.name}' has unknown datatype {datatype!r}")
-        try:
-            flat, numeric = flat_output(datatype, output.data, f"output '{output.name}'")
-        except ValueError as e:
-            raise Internal(str(e)) from None
-        size = len(flat)
-        if size != shape_size(shape):
-            raise Internal(f"model returned output '{output.name}' with {size} elements for shape {shape}")
+        datatype, shape, flat, numeric = prepare_output(output)
         entry: Dict[str, Any] = {"name": output.name, "shape": shape, "datatype": datatype}
         params = output.parameters.to_dict() if output.parameters is not None else {}
         placed = output_data is not None and output_data(output, datatype, shape, flat, numeric, params)

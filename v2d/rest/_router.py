@@ -11,6 +11,8 @@ gets 403.
 Klein (werkzeug) routing costs a noticeable share of a small request's time, so the
 one hot route, ``POST /v2/models/{m}[/versions/{v}]/infer``, is matched here with one
 regular expression and handed to the same ``RestAPI.infer`` method Klein would call.
+As Klein does for its routes, a client that goes away cancels the answer's Deferred
+(and so the model's work).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from v2d._twisted import request_disconnected
 from v2d.rest._json import error_body
+from v2d.rest._site import V2DRequest
 from v2d.restricted import Restrictions, rest_group
 
 __all__ = ["RootResource"]
@@ -37,6 +40,14 @@ log = Logger()
 def _segment(raw: bytes) -> str:
     text = raw.decode("utf-8", "replace")
     return unquote(text) if "%" in text else text
+
+
+def cancel_on_disconnect(request: Any, answer: Deferred) -> None:
+    """Cancel ``answer`` if ``request``'s client goes away before it fires."""
+    if isinstance(request, V2DRequest):
+        request.pending = answer  # cancelled by its connectionLost: nothing more per request
+    else:
+        request.notifyFinish().addErrback(lambda _: answer.cancel())
 
 
 class _RequestHeaders:
@@ -119,6 +130,8 @@ class RootResource(Resource):
                 if isinstance(result, Deferred):
                     result.addCallback(self._write, request)
                     result.addErrback(self._failed, request)
+                    if not result.called:
+                        cancel_on_disconnect(request, result)
                     return NOT_DONE_YET
                 request.setHeader(b"content-length", b"%d" % len(result))
                 return result

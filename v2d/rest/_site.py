@@ -176,6 +176,8 @@ class V2DRequest(Request):
     """
 
     refusal: Optional[Tuple[int, str]] = None
+    #: The answer being computed (a Deferred), cancelled if the client goes away first.
+    pending: Any = None
     _received = 0
     _limit = 0
     _memory = _UNBOUNDED
@@ -212,6 +214,12 @@ class V2DRequest(Request):
             )
         elif not self.content.write(data):  # type: ignore[union-attr]
             self._refuse(503, _busy(self._memory))
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.cancel()
 
     def process(self) -> None:
         if self.refusal is None:
