@@ -70,10 +70,10 @@ def mark_loaded(runtime: Any, result: Any) -> bool:
     return ready
 
 
-def needs_twisted(settings: Any, exc: BaseException) -> Optional[str]:
+def needs_twisted(model: str, exc: BaseException) -> Optional[str]:
     """
     When ``exc`` says Twisted cannot be imported (in a worker environment without it),
-    the one line to report instead; else None.
+    the one line to report for model ``model`` instead; else None.
     """
     if not isinstance(exc, ImportError):
         return None
@@ -81,6 +81,6 @@ def needs_twisted(settings: Any, exc: BaseException) -> Optional[str]:
     if name != "twisted" and not name.startswith("twisted."):
         return None
     return (
-        f"model '{settings.name}' uses Twisted ({exc}), which its environment does not have: "
+        f"model '{model}' uses Twisted ({exc}), which its environment does not have: "
         "install twisted into the environment, or return asyncio awaitables instead of Deferreds"
     )

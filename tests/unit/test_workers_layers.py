@@ -314,8 +314,18 @@ def test_the_ready_rule(result, ready):
 
 
 def test_a_missing_twisted_is_one_clear_line():
-    settings = ModelSettings(name="m", implementation="x.Y")
-    line = needs_twisted(settings, ModuleNotFoundError("No module named 'twisted'", name="twisted"))
+    line = needs_twisted("m", ModuleNotFoundError("No module named 'twisted'", name="twisted"))
     assert line is not None and "model 'm'" in line and "install twisted" in line and "\n" not in line
-    assert needs_twisted(settings, ModuleNotFoundError("No module named 'pandas'", name="pandas")) is None
-    assert needs_twisted(settings, ValueError("twisted")) is None
+    assert needs_twisted("m", ModuleNotFoundError("No module named 'pandas'", name="pandas")) is None
+    assert needs_twisted("m", ValueError("twisted")) is None
+
+
+class _LateTwisted(MLModel):
+    def predict(self, payload: Any) -> Any:
+        raise ModuleNotFoundError("No module named 'twisted'", name="twisted")
+
+
+def test_a_call_needing_a_missing_twisted_fails_in_one_line():
+    (op, rid, error), = _child_answers(_LateTwisted, ("predict", 8, InferenceRequest()))
+    assert (op, rid) == ("error", 8) and isinstance(error, errors.FailedPrecondition)
+    assert str(error).startswith("model 'child-model' uses Twisted")

@@ -89,7 +89,7 @@ def run_twisted(loop: asyncio.AbstractEventLoop) -> bool:
     """
     try:
         from twisted.internet import asyncioreactor
-    except ImportError:
+    except Exception:  # no Twisted here (or one that cannot run on asyncio)
         return False
     if "twisted.internet.reactor" in sys.modules:  # pragma: no cover - nothing imports it first
         return False
@@ -197,7 +197,11 @@ class ChildServer:
             _wire.write_all(self.out_fd, chunks)
 
     def fail(self, rid: int, exc: BaseException) -> None:
-        if not isinstance(exc, (_v2d_error(), NotImplementedError)):
+        """Answer request ``rid`` with ``exc`` (a missing Twisted said in one line)."""
+        line = needs_twisted(self.settings.name if self.settings is not None else "?", exc)
+        if line is not None:
+            exc = _v2d_failed_precondition()(line)
+        elif not isinstance(exc, (_v2d_error(), NotImplementedError)):
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         self.send(Op.ERROR.value, rid, _errors.describe(exc))
 
@@ -267,6 +271,7 @@ class ChildServer:
         return _awaitable(value, self.loop)
 
     async def _load(self, rid: int, settings: Any) -> None:
+        self.settings = settings
         try:
             runtime, namespace = build_runtime(settings)
             try:
@@ -276,7 +281,6 @@ class ChildServer:
                     namespace.forget()
                 raise
             self.runtime, self.namespace = runtime, namespace
-            self.settings = settings
             info: LoadedInfo = {
                 "ready": mark_loaded(runtime, result),
                 "metadata": runtime.metadata(),
@@ -286,8 +290,7 @@ class ChildServer:
             }
             self.send(Op.LOADED.value, rid, info)
         except Exception as exc:
-            line = needs_twisted(settings, exc)
-            self.fail(rid, _v2d_failed_precondition()(line) if line else exc)
+            self.fail(rid, exc)
 
     async def _unload(self, rid: int) -> None:
         try:
