@@ -4,7 +4,11 @@ A model's runtime built from its settings, the same way in the server and in wor
 ``build_runtime`` imports the folder's ``implementation`` in a private namespace
 (v2d.importer) and instantiates it: a subclass of the real ``mlserver.MLModel`` is
 wrapped in ``MLServerRuntime`` (v2d.mlserver_adapter), anything else is built as it is.
-``is_streaming`` says whether a runtime serves streams of its own.
+``mark_loaded`` applies the ready rule to what ``load`` returned, ``is_streaming`` says
+whether a runtime serves streams of its own, and ``needs_twisted`` turns the import
+error of a runtime that needs Twisted, where there is none, into one clear line.
+``LocalModel`` (v2d.wrappers) and the worker child (v2d.workers._child) both use them,
+so a runtime behaves the same in the server and in a worker.
 
 Imported by worker children (Python 3.9 and up): standard library, numpy and v2d's
 child-safe modules only.
@@ -12,12 +16,12 @@ child-safe modules only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from v2d.importer import load_implementation
 from v2d.mlserver_adapter import MLServerRuntime, is_mlserver_model
 
-__all__ = ["build_runtime", "is_streaming"]
+__all__ = ["build_runtime", "is_streaming", "mark_loaded", "needs_twisted"]
 
 
 def build_runtime(settings: Any) -> tuple:
@@ -54,3 +58,29 @@ def is_streaming(runtime: Any) -> bool:
 
     method = getattr(type(runtime), "predict_stream", None)
     return method is not None and method is not MLModel.predict_stream
+
+
+def mark_loaded(runtime: Any, result: Any) -> bool:
+    """
+    The ready rule: a runtime whose ``load`` returned a bool is ready when it is True,
+    any other result means ready. Sets ``runtime.ready``; returns it.
+    """
+    ready = result if isinstance(result, bool) else True
+    runtime.ready = ready
+    return ready
+
+
+def needs_twisted(model: str, exc: BaseException) -> Optional[str]:
+    """
+    When ``exc`` says Twisted cannot be imported (in a worker environment without it),
+    the one line to report for model ``model`` instead; else None.
+    """
+    if not isinstance(exc, ImportError):
+        return None
+    name = getattr(exc, "name", None) or ""
+    if name != "twisted" and not name.startswith("twisted."):
+        return None
+    return (
+        f"model '{model}' uses Twisted ({exc}), which its environment does not have: "
+        "install twisted into the environment, or return asyncio awaitables instead of Deferreds"
+    )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
+from functools import partial
 from typing import Any, Callable, Dict, Generator, List, Optional
 
 import attrs
@@ -36,7 +37,7 @@ from v2d.handlers._arguments import call_handler
 from v2d.handlers.custom import HandlerRoute, handler_routes
 from v2d.importer import ModelNamespace
 from v2d.interfaces import ICustomHandlers, IModel, IModelFactory
-from v2d.runtimes import build_runtime, is_streaming
+from v2d.runtimes import build_runtime, is_streaming, mark_loaded
 from v2d.settings import ModelSettings
 from v2d.types import InferenceRequest, MetadataModelResponse
 
@@ -208,12 +209,7 @@ class LocalModel:
         return is_streaming(self.runtime)
 
     def load(self) -> Deferred:
-        def loaded(result: Any) -> bool:
-            ready = result if isinstance(result, bool) else True
-            self.runtime.ready = ready
-            return ready
-
-        return self._call("load", self.runtime.load).addCallback(loaded)
+        return self._call("load", self.runtime.load).addCallback(partial(mark_loaded, self.runtime))
 
     def unload(self) -> Deferred:
         self.runtime.ready = False

@@ -23,9 +23,9 @@ from v2d.errors import FailedPrecondition, InferenceError, Unavailable
 from v2d.interfaces import IModel, IModelFactory, IWorkerPool
 from v2d.settings import ModelSettings, Settings
 from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse
-from v2d.workers import WorkerPool
+from v2d.workers import WorkerPool, _errors
 from v2d.workers._handshake import describe
-from v2d.workers._pool import CHILD_IN, CHILD_OUT, describe_exit
+from v2d.workers._pool import CHILD_IN, CHILD_OUT, WorkerState, describe_exit
 from v2d.workers._wire import WIRE_VERSION, FrameDecoder, encode_json, encode_message
 
 
@@ -190,7 +190,7 @@ def test_incompatible_handshake_fails_the_load_naming_both_sides(pool, reactor, 
     assert "Python 3.8.10" in message and f"v2d {__version__}" in message
     assert "install numpy>=" in message and "Python >= 3.9" in message
     process.end(2)
-    assert model.workers[0].state == "dead"
+    assert model.workers[0].state is WorkerState.DEAD
     assert reactor.getDelayedCalls() == [], "no restart for a worker that never served"
 
 
@@ -212,7 +212,7 @@ def test_load_error_from_the_runtime_fails_the_load(pool, reactor, tmp_path):
     process = reactor.processes[0]
     process.hello()
     _, rid, _ = process.last("load")
-    process.reply(("error", rid, {"type": "FileNotFoundError", "message": "weights.bin"}))
+    process.reply(("error", rid, _errors.describe(FileNotFoundError("weights.bin"))))
     assert str(loaded[0].value) == "weights.bin"
     assert type(loaded[0].value).__name__ == "FileNotFoundError"
     assert CHILD_IN in process.closed
@@ -240,10 +240,10 @@ def test_errors_come_back_as_the_same_kind(pool, reactor, tmp_path):
     process = reactor.processes[0]
     got = _result(model.predict(InferenceRequest()))
     rid = process.last("predict")[1]
-    process.reply(("error", rid, {"v2d": "InferenceError", "kind": "INVALID_ARGUMENT", "message": "bad"}))
+    process.reply(("error", rid, _errors.describe(InferenceError("bad"))))
     assert isinstance(got[0].value, InferenceError) and str(got[0].value) == "bad"
     got = _result(model.predict(InferenceRequest()))
-    process.reply(("error", process.last("predict")[1], {"builtin": "NotImplementedError", "message": "no"}))
+    process.reply(("error", process.last("predict")[1], _errors.describe(NotImplementedError("no"))))
     assert isinstance(got[0].value, NotImplementedError)
 
 
@@ -396,7 +396,7 @@ def _drain(fd: int) -> bytes:
 def test_requests_are_written_to_the_pipe_at_once_and_the_rest_queued_in_order():
     import fcntl
 
-    from v2d.workers._pool import _write_to_child
+    from v2d.workers._process import _write_to_child
 
     r, w = os.pipe()
     try:

@@ -122,19 +122,22 @@ class _Runtime(MLModel):
         return word
 
 
-def _child_answers(*messages: Any) -> List[Any]:
-    """What a ChildServer with ``_Runtime`` loaded writes back for ``messages``."""
+def child_answers(runtime: Any, *messages: Any, wait: float = 0.01) -> List[Any]:
+    """What a ChildServer with ``runtime`` loaded writes back for ``messages``."""
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     r, w = os.pipe()
     try:
         server = ChildServer(loop, w, None)
-        settings = ModelSettings(name="child-model", implementation="x.Y", versions=["3"])
-        server.runtime, server.settings = _Runtime(settings), settings
-        server.context = ModelContext("child-model", "3", server.metrics)
+        settings = runtime.settings
+        server.runtime, server.settings = runtime, settings
+        server.context = ModelContext(settings.name, settings.version or "", server.metrics)
         for message in messages:
             server.handle(message)
-        loop.run_until_complete(asyncio.sleep(0.01))
+            loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.sleep(wait))
         server.flush()
+        assert not server.tasks, "no task is left behind"
         os.close(w)
         w = -1
         got: List[Any] = []
@@ -145,10 +148,17 @@ def _child_answers(*messages: Any) -> List[Any]:
                 return got
             decoder.feed(data)
     finally:
+        asyncio.set_event_loop(None)
         loop.close()
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def _child_answers(*messages: Any) -> List[Any]:
+    """What a ChildServer with ``_Runtime`` loaded writes back for ``messages``."""
+    settings = ModelSettings(name="child-model", implementation="x.Y", versions=["3"])
+    return child_answers(_Runtime(settings), *messages)
 
 
 def test_child_calls_handlers_and_sends_their_metrics_ahead_of_the_reply():

@@ -1,11 +1,13 @@
 """
 Worker processes: models served in child processes, in their own Python environments.
 
-The server side (``WorkerPool``) is built on Twisted's process support; the child
-side (``v2d.workers._child``) and what both share (``_wire``, ``_handshake``,
-``_errors``) use only the standard library, because children import this package
-from a zip in an environment that has no Twisted. So the public names here are
-imported lazily, on first use.
+The server side is built on Twisted's process support, in three pieces: ``_process``
+(one child as a process), ``_client`` (its messages) and ``_restart`` (its back-off),
+put together by ``_pool`` (``WorkerPool``). The child side (``v2d.workers._child``)
+and what both share (``_messages``, ``_wire``, ``_handshake``, ``_errors``) use only
+the standard library and numpy, because children import this package from a zip in an
+environment that may have no Twisted. So the public names here are imported lazily,
+on first use.
 """
 
 from __future__ import annotations

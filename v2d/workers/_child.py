@@ -10,13 +10,14 @@ requests costs the server one write and one wake-up, not one per request. Anythi
 the runtime prints goes to the child's stdout/stderr, which the server re-logs; the
 wire has fds of its own.
 
-Messages are tuples ``(op, request_id, body)``. From the server: ``load`` (model
-settings), ``predict`` (a request), ``stream_open`` / ``stream_item`` /
-``stream_close`` / ``stream_cancel``, ``custom`` (a custom handler's attribute, whether
-there is a body, the parsed JSON body, the query: name -> list of str), ``unload``. To
-the server: ``loaded`` (with the runtime's custom handlers), ``result``,
-``stream_item``, ``stream_end``, ``error``, ``unloaded``, and ``metrics`` (request id 0:
-the custom metrics logged since the last one, sent ahead of the replies they came with).
+The messages are those of v2d.workers._messages, dispatched by table; ``cancel``
+cancels the task of a request the server gave up on. The runtime is built, loaded
+and judged ready by v2d.runtimes, as in the server. Custom metrics go to the server
+ahead of the replies they came with. Errors go back as themselves (v2d.workers._errors).
+
+Where Twisted is importable, its asyncio reactor runs on the child's loop, so a
+runtime whose methods return Deferreds or use ``reactor.callLater`` works as it does
+in the server; where it is not, a runtime that imports it fails its load saying so.
 
 The runtime's code runs as v2d.custom_metrics' current model, so ``log`` works in it
 as in the server.
@@ -48,7 +49,10 @@ from v2d._version import __version__
 from v2d.custom_metrics import ModelContext, model_context
 from v2d.handlers._arguments import call_handler
 from v2d.handlers.custom import handler_routes
+from v2d.runtimes import build_runtime, is_streaming, mark_loaded, needs_twisted
+from v2d.shm import output_writer
 from v2d.workers import _errors, _handshake, _wire
+from v2d.workers._messages import Handler, LoadedInfo, Op, dispatch, message, table
 
 __all__ = ["main"]
 
@@ -63,10 +67,38 @@ SLOW_PREDICT = 0.0005
 _END = object()
 
 
-async def _resolve(value: Any) -> Any:
+def _awaitable(value: Any, loop: asyncio.AbstractEventLoop) -> Any:
+    """
+    Something to await for ``value``: a Deferred as a Future on ``loop`` (awaiting a
+    Deferred in a task fails), another awaitable as it is, a plain value done at once.
+    """
+    as_future = getattr(value, "asFuture", None)
+    if as_future is not None and hasattr(value, "addCallbacks"):
+        return as_future(loop)
     if inspect.isawaitable(value):
-        return await value
-    return value
+        return value
+    done = loop.create_future()
+    done.set_result(value)
+    return done
+
+
+def run_twisted(loop: asyncio.AbstractEventLoop) -> bool:
+    """
+    Where Twisted is importable, install its asyncio reactor on ``loop`` and mark it
+    running, so a runtime's Deferreds, ``reactor.callLater`` and ``deferLater`` work
+    here as in the server; whether it did.
+    """
+    try:
+        from twisted.internet import asyncioreactor
+    except Exception:  # no Twisted here (or one that cannot run on asyncio)
+        return False
+    if "twisted.internet.reactor" in sys.modules:  # pragma: no cover - nothing imports it first
+        return False
+    asyncioreactor.install(loop)
+    from twisted.internet import reactor
+
+    reactor.startRunning(installSignalHandlers=False)  # type: ignore[attr-defined]
+    return True
 
 
 class ChildMetrics:
@@ -123,6 +155,7 @@ class ChildServer:
         #: The model as v2d.custom_metrics' current model (set by ``load``).
         self.context: Optional[ModelContext] = None
         self._thread = threading.get_ident()
+        self._handlers: Optional[Dict[str, Handler]] = None
 
     # -- output ---------------------------------------------------------------
 
@@ -131,10 +164,11 @@ class ChildServer:
         try:
             chunks = _wire.encode_message((op, rid, body), self.shm)
         except Exception as exc:  # an unpicklable result: report it instead
-            if op == "error":
+            if op == Op.ERROR.value:
                 raise
             reason = f"cannot send the {op} of request {rid} to the server: {type(exc).__name__}: {exc}"
-            chunks = _wire.encode_message(("error", rid, _errors.describe(TypeError(reason))), self.shm)
+            error = message(Op.ERROR, rid, _errors.describe(TypeError(reason)))
+            chunks = _wire.encode_message(error, self.shm)
         self._out.extend(chunks)
         self._schedule_flush()
 
@@ -156,17 +190,21 @@ class ChildServer:
         chunks, self._out = self._out, []
         metrics = self.metrics.take()
         if metrics is not None:  # ahead of the replies, so a caller sees them counted
-            chunks = _wire.encode_message(("metrics", 0, metrics)) + chunks
+            chunks = _wire.encode_message(message(Op.METRICS, 0, metrics)) + chunks
         if self.shm is not None and self.shm.released:
             # the server's segments this side is done with go back, to be reused
-            chunks += _wire.encode_message(("release", 0, self.shm.take_released()))
+            chunks += _wire.encode_message(message(Op.RELEASE, 0, self.shm.take_released()))
         if chunks:
             _wire.write_all(self.out_fd, chunks)
 
     def fail(self, rid: int, exc: BaseException) -> None:
-        if not isinstance(exc, (_v2d_error(), NotImplementedError)):
+        """Answer request ``rid`` with ``exc`` (a missing Twisted said in one line)."""
+        line = needs_twisted(self.settings.name if self.settings is not None else "?", exc)
+        if line is not None:
+            exc = _v2d_failed_precondition()(line)
+        elif not isinstance(exc, (_v2d_error(), NotImplementedError)):
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-        self.send("error", rid, _errors.describe(exc))
+        self.send(Op.ERROR.value, rid, _errors.describe(exc))
 
     # -- dispatch -------------------------------------------------------------
 
@@ -179,72 +217,79 @@ class ChildServer:
 
     def handle(self, message: Any) -> None:
         op, rid, body = message
-        if op == "load":
+        if op == Op.LOAD.value:
             self.context = ModelContext(body.name, body.version or "", self.metrics)
         with model_context(self.context):  # tasks started here keep it
-            self._dispatch(op, rid, body)
+            dispatch(self._table, message, self._unknown)
 
-    def _dispatch(self, op: str, rid: int, body: Any) -> None:
-        if op == "predict":
-            from v2d.shm import output_writer  # outputs asked for in shared memory are written here
+    @property
+    def _table(self) -> Dict[str, Handler]:
+        if self._handlers is None:
+            self._handlers = table({
+                Op.PREDICT: lambda rid, body: self._predict_now(rid, body, output_writer(body)),
+                Op.INFER_ENCODED: lambda rid, body: self._infer_encoded(rid, *body),
+                Op.CUSTOM: lambda rid, body: self._custom(rid, *body),
+                Op.CANCEL: self._cancel,
+                Op.STREAM_OPEN: self._stream_open,
+                Op.STREAM_ITEM: self._stream_put,
+                Op.STREAM_CLOSE: lambda rid, _: self._stream_put(rid, _END),
+                Op.STREAM_CANCEL: self._cancel,
+                Op.RELEASE: self._release,
+                Op.LOAD: lambda rid, settings: self._spawn(rid, self._load(rid, settings)),
+                Op.UNLOAD: lambda rid, _: self._spawn(rid, self._unload(rid)),
+            })
+        return self._handlers
 
-            self._predict_now(rid, body, output_writer(body))
-        elif op == "infer_encoded":
-            self._infer_encoded(rid, *body)
-        elif op == "custom":
-            self._custom(rid, *body)
-        elif op == "stream_open":
-            self.queues[rid] = asyncio.Queue()
-            self._spawn(rid, self._stream(rid))
-        elif op == "release":
-            if self.shm is not None:
-                self.shm.release(body)
-        elif op == "stream_item":
-            queue = self.queues.get(rid)
-            if queue is not None:
-                queue.put_nowait(body)
-        elif op == "stream_close":
-            queue = self.queues.get(rid)
-            if queue is not None:
-                queue.put_nowait(_END)
-        elif op == "stream_cancel":
-            task = self.tasks.get(rid)
-            if task is not None:
-                task.cancel()
-        elif op == "load":
-            self._spawn(rid, self._load(rid, body))
-        elif op == "unload":
-            self._spawn(rid, self._unload(rid))
-        else:
-            self.send("error", rid, _errors.describe(ValueError(f"unknown operation {op!r}")))
+    def _unknown(self, op: str, rid: int) -> None:
+        self.fail(rid, ValueError(f"unknown operation {op!r}"))
+
+    def _release(self, rid: int, paths: Any) -> None:
+        if self.shm is not None:
+            self.shm.release(paths)
+
+    def _cancel(self, rid: int, body: Any = None) -> None:
+        """The server gave up on request ``rid``: cancel its task; nothing is answered."""
+        task = self.tasks.get(rid)
+        if task is not None:
+            task.cancel()
+
+    def _stream_open(self, rid: int, body: Any = None) -> None:
+        self.queues[rid] = asyncio.Queue()
+        self._spawn(rid, self._stream(rid))
+
+    def _stream_put(self, rid: int, item: Any) -> None:
+        queue = self.queues.get(rid)
+        if queue is not None:
+            queue.put_nowait(item)
 
     def _spawn(self, rid: int, coro: Any) -> None:
         task = self.loop.create_task(coro)
         self.tasks[rid] = task
         task.add_done_callback(lambda _: self.tasks.pop(rid, None))
 
-    async def _load(self, rid: int, settings: Any) -> None:
-        from v2d.runtimes import build_runtime, is_streaming
+    def _resolve(self, value: Any) -> Any:
+        """An awaitable of ``value``: itself, a Deferred as a Future on this loop, or done."""
+        return _awaitable(value, self.loop)
 
+    async def _load(self, rid: int, settings: Any) -> None:
+        self.settings = settings
         try:
             runtime, namespace = build_runtime(settings)
             try:
-                result = await _resolve(runtime.load())
+                result = await self._resolve(runtime.load())
             except BaseException:
-                namespace.forget()
+                if namespace is not None:
+                    namespace.forget()
                 raise
-            ready = result if isinstance(result, bool) else True
-            runtime.ready = ready
             self.runtime, self.namespace = runtime, namespace
-            self.settings = settings
-            info = {
-                "ready": ready,
+            info: LoadedInfo = {
+                "ready": mark_loaded(runtime, result),
                 "metadata": runtime.metadata(),
                 "streaming": is_streaming(runtime),
                 "wires": sorted(_encodings()),
                 "handlers": handler_routes(runtime),
             }
-            self.send("loaded", rid, info)
+            self.send(Op.LOADED.value, rid, info)
         except Exception as exc:
             self.fail(rid, exc)
 
@@ -252,11 +297,11 @@ class ChildServer:
         try:
             if self.runtime is not None:
                 self.runtime.ready = False
-                await _resolve(self.runtime.unload())
+                await self._resolve(self.runtime.unload())
         except Exception as exc:
             self.fail(rid, exc)
         else:
-            self.send("unloaded", rid)
+            self.send(Op.UNLOADED.value, rid)
         finally:
             if self.namespace is not None:
                 self.namespace.forget()
@@ -273,7 +318,7 @@ class ChildServer:
             self.fail(rid, exc)
             return
         if inspect.isawaitable(result):
-            self._spawn(rid, self._predict(rid, result))
+            self._spawn(rid, self._predict(rid, self._resolve(result)))
         else:
             self._answer(rid, result, None)
 
@@ -316,7 +361,7 @@ class ChildServer:
         finally:
             self._last_cost = time.perf_counter() - started
         if inspect.isawaitable(result):
-            self._spawn(rid, self._predict(rid, result, finish))
+            self._spawn(rid, self._predict(rid, self._resolve(result), finish))
         else:
             self._answer(rid, result, finish)
 
@@ -337,7 +382,7 @@ class ChildServer:
             except Exception as exc:
                 self.fail(rid, exc)
                 return
-        self.send("result", rid, result)
+        self.send(Op.RESULT.value, rid, result)
 
     async def _requests(self, queue: asyncio.Queue) -> AsyncIterator[Any]:
         while True:
@@ -352,13 +397,13 @@ class ChildServer:
             if self.runtime is None:
                 raise _v2d_unavailable()("the worker has no model loaded")
             async for response in self.runtime.predict_stream(self._requests(queue)):
-                self.send("stream_item", rid, response)
+                self.send(Op.STREAM_ITEM.value, rid, response)
         except asyncio.CancelledError:
             pass
         except Exception as exc:
             self.fail(rid, exc)
         else:
-            self.send("stream_end", rid)
+            self.send(Op.STREAM_END.value, rid)
         finally:
             self.queues.pop(rid, None)
 
@@ -387,6 +432,12 @@ def _v2d_error() -> type:
     from v2d.errors import V2DError
 
     return V2DError
+
+
+def _v2d_failed_precondition() -> type:
+    from v2d.errors import FailedPrecondition
+
+    return FailedPrecondition
 
 
 def _v2d_unavailable() -> type:
@@ -488,6 +539,7 @@ def main(in_fd: int, out_fd: int) -> None:
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    run_twisted(loop)
     server = ChildServer(loop, out_fd, shm)
     done = loop.create_future()
     _serve_input(in_fd, loop, server, done)
@@ -501,7 +553,7 @@ def main(in_fd: int, out_fd: int) -> None:
         if server.runtime is not None:
             try:
                 with model_context(server.context):
-                    loop.run_until_complete(_resolve(server.runtime.unload()))
+                    loop.run_until_complete(_awaitable(server.runtime.unload(), loop))
             except Exception:
                 traceback.print_exc()
     finally:

@@ -1,40 +1,35 @@
 """
-Exceptions across the wire.
+Exceptions across the wire: they travel pickled, as themselves.
 
-A runtime's exception class may live in the model's own code, which the server never
-imports, so a child sends a description (``describe``) and the server rebuilds an
-exception (``rebuild``) that behaves the same for the dataplane: v2d's own errors
-come back as themselves (same kind, same message); ``NotImplementedError`` as itself;
-anything else as a ``WorkerError`` subclass carrying the original type's name, so a
-report reads ``ValueError: bad input`` as it would in-process. An exception's
-``status_code`` (an HTTP status, as MLServer's errors carry) crosses too.
+``describe`` (in the child) gives the exception to send, one the server can always
+unpickle: v2d's own errors as they are (their class, kind, message and
+``status_code`` survive pickling, see v2d.errors); a ``V2DError`` subclass from the
+model's own code (which the server never imports) as its nearest class of v2d's, with
+the same message and status; ``NotImplementedError`` as itself; anything else as a
+``WorkerError`` subclass named after the original type, so a report reads
+``ValueError: bad input`` as it would in-process. An exception's ``status_code`` (an
+HTTP status, as MLServer's errors carry) crosses too. ``rebuild`` (in the server)
+gives back what arrived.
 
 Imported by worker children (Python 3.9 and up): standard library and v2d.errors.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from v2d import errors
 
 __all__ = ["WorkerError", "describe", "rebuild"]
-
-_KINDS = {
-    "INVALID_ARGUMENT": errors.InvalidArgument,
-    "NOT_FOUND": errors.NotFound,
-    "UNAVAILABLE": errors.Unavailable,
-    "FAILED_PRECONDITION": errors.FailedPrecondition,
-    "RESOURCE_EXHAUSTED": errors.PayloadTooLarge,
-    "UNIMPLEMENTED": errors.Unimplemented,
-    "INTERNAL": errors.Internal,
-}
 
 
 class WorkerError(Exception):
     """An exception raised by a runtime in a worker; its class is named after the original."""
 
     remote_type = "Exception"
+
+    def __reduce__(self) -> Any:
+        return (remote_error, (self.remote_type, str(self), getattr(self, "status_code", None)))
 
 
 _classes: Dict[str, type] = {}
@@ -48,66 +43,64 @@ def _remote_class(name: str) -> type:
     return cls
 
 
-def describe(exc: BaseException) -> Dict[str, Any]:
-    """A plain description of an exception (picklable whatever the exception is)."""
-    description = _describe(exc)
+def remote_error(type_name: str, message: str, status_code: Optional[int] = None) -> WorkerError:
+    """A ``WorkerError`` standing for an exception of type ``type_name`` (the unpickler calls it)."""
+    exc = _remote_class(type_name)(message)
+    if status_code is not None:
+        exc.status_code = status_code
+    return exc
+
+
+def _status(exc: BaseException) -> Optional[int]:
     status = getattr(exc, "status_code", None)
-    if isinstance(status, int) and not isinstance(status, bool):
-        description["status_code"] = status
-    return description
+    return status if isinstance(status, int) and not isinstance(status, bool) else None
 
 
-def _describe(exc: BaseException) -> Dict[str, Any]:
-    message = str(exc)
-    if isinstance(exc, errors.V2DError):
-        own = type(exc).__module__ == errors.__name__
-        return {
-            "v2d": type(exc).__name__ if own else None,
-            "kind": exc.kind,
-            "message": exc.message,
-            "status_code": exc.status_code,
-        }
-    if isinstance(exc, NotImplementedError):
-        return {"builtin": "NotImplementedError", "message": message}
-    return {"type": type(exc).__name__, "message": message}
+def _v2d_class(cls: type) -> Any:
+    """The first class of v2d.errors among ``cls`` and its bases."""
+    for base in cls.__mro__:
+        if base.__module__ == errors.__name__ and issubclass(base, errors.V2DError):
+            return base
+    return errors.V2DError
 
 
-def _same_message(cls: Any, message: str, status_code: Any) -> Exception:
-    """An instance of v2d's error class ``cls`` with ``message`` as it was (constructors
-    such as ``ModelNotFound(name)`` build their message; this one is already built)."""
-    exc = cls.__new__(cls)
+_CLASS_OF_KIND = {
+    "INVALID_ARGUMENT": errors.InvalidArgument,
+    "NOT_FOUND": errors.NotFound,
+    "UNAVAILABLE": errors.Unavailable,
+    "FAILED_PRECONDITION": errors.FailedPrecondition,
+    "RESOURCE_EXHAUSTED": errors.PayloadTooLarge,
+    "UNIMPLEMENTED": errors.Unimplemented,
+}
+
+
+def _as_v2d_error(exc: errors.V2DError) -> errors.V2DError:
+    """``exc`` (of a class v2d.errors does not define) as one of v2d's, same message, kind and status."""
+    cls = _v2d_class(type(exc))
+    if exc.status_code != errors.HTTP_STATUS_OF_KIND.get(exc.kind, 500):
+        cls = errors.MLServerError  # a status of its own: REST answers with it
+    elif getattr(cls, "kind", None) != exc.kind:
+        cls = _CLASS_OF_KIND.get(exc.kind, errors.Internal)
+    out = cls.__new__(cls)
     if issubclass(cls, errors.MLServerError):
-        usual = errors.HTTP_STATUS_OF_KIND.get(getattr(cls, "kind", "INTERNAL"), 500)
-        errors.MLServerError.__init__(exc, message, status_code if isinstance(status_code, int) else usual)
+        errors.MLServerError.__init__(out, exc.message, exc.status_code)
     else:
-        errors.V2DError.__init__(exc, message)
-    return exc
+        errors.V2DError.__init__(out, exc.message)
+    return out
 
 
-def rebuild(description: Dict[str, Any]) -> Exception:
-    """The exception a description stands for, on this side of the wire."""
-    exc = _rebuild(description)
-    status = description.get("status_code")
-    if isinstance(status, int) and getattr(exc, "status_code", None) != status:
-        try:
-            exc.status_code = status  # type: ignore[attr-defined]
-        except AttributeError:
-            pass
-    return exc
+def describe(exc: BaseException) -> BaseException:
+    """The exception to send to the other side, one that unpickles there whatever ``exc`` is."""
+    if isinstance(exc, errors.V2DError):
+        return exc if type(exc).__module__ == errors.__name__ else _as_v2d_error(exc)
+    if isinstance(exc, NotImplementedError):
+        plain = type(exc) is NotImplementedError and len(exc.args) <= 1
+        return exc if plain else NotImplementedError(str(exc))
+    return remote_error(type(exc).__name__, str(exc), _status(exc))
 
 
-def _rebuild(description: Dict[str, Any]) -> Exception:
-    message = str(description.get("message", ""))
-    if "kind" in description:
-        name = description.get("v2d")
-        cls = getattr(errors, name, None) if name else None
-        status_code = description.get("status_code")
-        if isinstance(cls, type) and issubclass(cls, errors.V2DError):
-            return _same_message(cls, message, status_code)
-        usual = errors.HTTP_STATUS_OF_KIND.get(description["kind"])
-        if isinstance(status_code, int) and status_code != usual:
-            return errors.MLServerError(message, status_code)
-        return _KINDS.get(description["kind"], errors.Internal)(message)
-    if description.get("builtin") == "NotImplementedError":
-        return NotImplementedError(message)
-    return _remote_class(str(description.get("type") or "Exception"))(message)
+def rebuild(received: Any) -> Exception:
+    """The exception an ``error`` message carried."""
+    if isinstance(received, Exception):
+        return received
+    return errors.Internal(f"a worker reported an error the server cannot read: {received!r}")

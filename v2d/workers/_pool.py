@@ -3,9 +3,11 @@ The server side of worker processes.
 
 ``WorkerPool.model_factory(settings, count)`` gives an ``IModelFactory`` whose models
 (``WorkerModel``) run in ``count`` child processes of their own, started with
-``reactor.spawnProcess`` in the model's environment. Each child (``Worker``) talks the
-wire of ``v2d.workers._wire`` over two extra pipes (child fds 3 and 4); its stdout and
-stderr are re-logged line by line as structured events.
+``reactor.spawnProcess`` in the model's environment. Each child (``Worker``) is three
+pieces: its process (``v2d.workers._process``: spawn, exit, TERM then KILL, output
+re-logged), its messages (``v2d.workers._client`` over ``v2d.workers._wire``, the
+vocabulary of ``v2d.workers._messages``) and its restarts (``v2d.workers._restart``);
+its state is a ``WorkerState``.
 
 Life of a worker: spawn -> handshake (checked, see ``_handshake``) -> load -> serve.
 When a serving worker dies, its requests in flight fail at once (``Unavailable``,
@@ -24,22 +26,18 @@ batches (``metrics``) and are recorded in the server's ``metrics``.
 
 from __future__ import annotations
 
-import collections
+import enum
 import itertools
 import os
-import signal
 import sys
-from typing import Any, AsyncIterator, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
 import attrs
-from twisted.internet import error as twisted_error
-from twisted.internet.defer import Deferred, DeferredQueue, fail, gatherResults, succeed
-from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, LogLevel
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from v2d._twisted import pipe_writer, writer_idle
 from v2d._version import __version__
 from v2d.aio import as_future, ensure_future
 from v2d.custom_metrics import DEFAULT_DESCRIPTION
@@ -48,100 +46,47 @@ from v2d.errors import FailedPrecondition, Unavailable
 from v2d.interfaces import ICustomHandlers, IEncodedInference, IModel, IModelFactory, IWorkerPool
 from v2d.settings import ModelSettings, Settings
 from v2d.types import InferenceRequest, MetadataModelResponse
-from v2d.workers import _bootstrap, _errors, _handshake, _wire
+from v2d.workers import _bootstrap, _handshake, _wire
+from v2d.workers._client import WireClient
 from v2d.workers._code import child_code_zip
+from v2d.workers._messages import LoadedInfo, Op
+from v2d.workers._process import CHILD_IN, CHILD_OUT, WorkerProcess, describe_exit
+from v2d.workers._restart import RestartPolicy
 from v2d.workers._wire import WIRE_VERSION
 
-__all__ = ["WorkerModel", "WorkerModelFactory", "WorkerPool", "describe_exit"]
-
-#: Child file descriptors of the wire: the child reads requests from 3, writes replies to 4.
-CHILD_IN = 3
-CHILD_OUT = 4
-
-
-def describe_exit(reason: Failure) -> str:
-    """How a process ended, in words: 'exited with code 3', 'was killed by signal 9 (SIGKILL)'."""
-    value = reason.value
-    sig = getattr(value, "signal", None)
-    code = getattr(value, "exitCode", None)
-    if sig:
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = "?"
-        return f"was killed by signal {sig} ({name})"
-    if code is None and isinstance(value, twisted_error.ProcessDone):
-        code = 0
-    return f"exited with code {code}"
-
+__all__ = [
+    "CHILD_IN",
+    "CHILD_OUT",
+    "Worker",
+    "WorkerModel",
+    "WorkerModelFactory",
+    "WorkerPool",
+    "WorkerState",
+    "describe_exit",
+]
 
 def _child_prefix(shm: _wire.SharedMemory) -> str:
     """The shared-memory file prefix of the child (the parent's ends in -p, the child's in -c)."""
     return shm.prefix[:-2] + "-c"
 
 
-def _write_to_child(transport: Any, chunks: List[Any]) -> None:
-    """Send a message's chunks to the child: at once what the pipe takes, queued the rest."""
-    done, part = _write_now(transport, chunks)
-    for i in range(done, len(chunks)):
-        chunk = chunks[i]
-        if i == done and part:
-            chunk = memoryview(chunk).cast("B")[part:]
-        transport.writeToChild(CHILD_IN, chunk if isinstance(chunk, bytes) else bytes(chunk))
+class WorkerState(enum.Enum):
+    """Where a worker is in its life."""
 
-
-def _write_now(transport: Any, chunks: List[Any]) -> Tuple[int, int]:
-    """
-    Write what the child's input pipe takes right now, when nothing is queued before
-    it: (whole chunks written, bytes of the next one written). What is left goes
-    through the transport, which writes it when the pipe drains. Writing at once spares
-    the transport's writable-then-not cycle, four ``epoll_ctl`` calls and a pass of the
-    loop per request, on the server's busiest path.
-    """
-    writer = pipe_writer(transport, CHILD_IN)
-    if writer is None or not writer_idle(writer):
-        return (0, 0)
-    views = [memoryview(c).cast("B") for c in chunks]
-    try:
-        n = os.writev(writer.fileno(), views[: _wire.IOV_MAX])
-    except OSError:  # full (EAGAIN) or broken: the transport takes it from here
-        return (0, 0)
-    i = 0
-    while i < len(views) and n >= len(views[i]):
-        n -= len(views[i])
-        i += 1
-    return (i, n)
-
-
-class _WorkerProtocol(ProcessProtocol):
-    """Routes a child's pipes: the wire to its ``Worker``, stdout/stderr to the log."""
-
-    def __init__(self, worker: "Worker") -> None:
-        self.worker = worker
-        self.decoder = _wire.FrameDecoder(worker.received, worker.shm)
-        self.partial: Dict[int, bytes] = {1: b"", 2: b""}
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == CHILD_OUT:
-            try:
-                self.decoder.feed(data)
-            except _wire.WireError as e:
-                self.worker.protocol_error(str(e))
-        elif childFD in self.partial:
-            lines = (self.partial[childFD] + data).split(b"\n")
-            self.partial[childFD] = lines.pop()
-            for line in lines:
-                self.worker.output(childFD, line)
-
-    def processEnded(self, reason: Failure) -> None:
-        for fd, rest in self.partial.items():
-            if rest:
-                self.worker.output(fd, rest)
-        self.worker.ended(reason)
+    IDLE = "idle"  # never started
+    STARTING = "starting"  # spawned; handshake and load under way
+    READY = "ready"  # serving
+    STOPPING = "stopping"  # asked to end
+    DEAD = "dead"  # ended when it should not have (or never started): restarts if it was serving
+    STOPPED = "stopped"  # ended as asked
 
 
 class Worker:
-    """One child process serving one model; started again when it dies while serving."""
+    """
+    One child process serving one model: a ``WorkerProcess`` (the process), a
+    ``WireClient`` (its messages) and a ``RestartPolicy`` (started again, after a
+    back-off, when it dies while serving).
+    """
 
     log = Logger()
 
@@ -149,23 +94,14 @@ class Worker:
         self.pool = pool
         self.model = model
         self.index = index
-        self.state = "idle"  # idle, starting, ready, stopping, dead, stopped
-        self.transport: Any = None
-        self.pid: Optional[int] = None
+        self.state = WorkerState.IDLE
+        self.process: Optional[WorkerProcess] = None
+        self.client: Optional[WireClient] = None
         self.started_at = 0.0
-        self.failures = 0
-        self.restart_call: Any = None
+        self.restarts = RestartPolicy(pool.reactor, pool.restart_initial, pool.restart_max, pool.stable_after)
         self.last_exit = ""
         self.peer: Dict[str, Any] = {}
-        self.stderr_tail: Deque[str] = collections.deque(maxlen=20)
-        self._ids = itertools.count(1)
-        self._pending: Dict[int, Deferred] = {}
-        self._streams: Dict[int, DeferredQueue] = {}
         self._startup: Optional[Deferred] = None
-        self._exited: List[Deferred] = []
-        self._settled: List[Deferred] = []
-        self._term_call: Any = None
-        self._kill_call: Any = None
         self.shm: Optional[_wire.SharedMemory] = None
 
     @property
@@ -173,44 +109,50 @@ class Worker:
         return f"worker {self.index} of model '{self.model.name}'"
 
     @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether its process runs."""
+        return self.process is not None and self.process.running
+
+    @property
     def load(self) -> int:
         """Requests and streams in flight (for least-busy dispatch)."""
-        return len(self._pending) + len(self._streams)
+        return self.client.load if self.client is not None else 0
 
     # -- starting -------------------------------------------------------------
 
     def start(self) -> Deferred:
         """Spawn, handshake and load; fires with the child's ``loaded`` info."""
-        self.state = "starting"
+        self.state = WorkerState.STARTING
         self.peer = {}
-        self.stderr_tail.clear()
-        self._startup = Deferred()
-        d = self._startup
+        d: Deferred = Deferred()
+        self._startup = d
         self.shm = self.pool.shared_memory(self)
         python = self.model.python
         args = [python, "-I", "-c", _bootstrap.COMMAND, self.pool.code_zip, str(CHILD_IN), str(CHILD_OUT)]
-        env = self.pool.child_environ(self.model.environment)
+        process = WorkerProcess(self.pool.reactor, self.model.name, self.index, self._data, self.ended)
+        client = WireClient(process.write, self.shm, self._hello, self._metrics, self.protocol_error)
+        self.process, self.client = process, client
         try:
-            self.transport = self.pool.reactor.spawnProcess(
-                _WorkerProtocol(self),
-                python,
-                args,
-                env=env,
-                childFDs={0: "w", 1: "r", 2: "r", CHILD_IN: "w", CHILD_OUT: "r"},
-            )
+            process.spawn(self.pool.reactor, python, args, self.pool.child_environ(self.model.environment))
         except Exception as e:
-            self.state = "dead"
-            self._startup = None
+            self.state = WorkerState.DEAD
+            self._startup = self.process = self.client = None
             return fail(Unavailable(f"{self.label} could not be started with {python}: {e}"))
-        self.pid = getattr(self.transport, "pid", None)
         self.started_at = self.pool.reactor.seconds()
         self.pool.register(self)
-        try:
-            self.transport.closeStdin()
-        except Exception:
-            pass
         self.log.info("{label} started (pid {pid}, {python})", label=self.label, pid=self.pid, python=python)
         return d
+
+    def _data(self, data: bytes) -> None:
+        if self.client is not None:
+            self.client.feed(data)
+
+    def _metrics(self, batch: Any) -> None:
+        self.pool.record_metrics(self.model, batch)
 
     def _fail_startup(self, exc: Exception) -> None:
         d, self._startup = self._startup, None
@@ -218,10 +160,12 @@ class Worker:
             d.errback(Failure(exc))
 
     def _hello(self, peer: Dict[str, Any]) -> None:
+        if self.state is not WorkerState.STARTING or self.peer or self.client is None:
+            return
         self.peer = peer
         problem = _handshake.incompatibility(self.pool.identity, peer)
         if problem is not None:
-            self._write_json({"ok": False, "reason": problem})
+            self.client.send_json({"ok": False, "reason": problem})
             self._fail_startup(FailedPrecondition(f"model '{self.model.name}': {problem}"))
             self.close_input()
             return
@@ -230,11 +174,11 @@ class Worker:
             answer.update(
                 shm_prefix=_child_prefix(self.shm), shm_threshold=self.shm.threshold, shm_keep=self.shm.keep
             )
-        self._write_json(answer)
-        self.call("load", self.model.settings).addCallbacks(self._loaded, self._load_failed)
+        self.client.send_json(answer)
+        self.call(Op.LOAD, self.model.settings).addCallbacks(self._loaded, self._load_failed)
 
-    def _loaded(self, info: Dict[str, Any]) -> None:
-        self.state = "ready"
+    def _loaded(self, info: LoadedInfo) -> None:
+        self.state = WorkerState.READY
         self.model.worker_loaded(self, info)
         wires = info.get("wires") or []
         if wires:
@@ -258,168 +202,57 @@ class Worker:
         self._fail_startup(exc if isinstance(exc, Exception) else Unavailable(str(exc)))
         self.close_input()
 
-    # -- the wire ----------------------------------------------------------------
+    # -- requests -------------------------------------------------------------------
 
-    def _write_json(self, obj: Any) -> None:
-        self.transport.writeToChild(CHILD_IN, _wire.encode_json(obj))
-
-    def _send(self, op: str, rid: int, body: Any = None) -> None:
-        chunks = _wire.encode_message((op, rid, body), self.shm)
-        if self.shm is not None and self.shm.released:
-            # the child's segments this side is done with go back first, to be reused
-            chunks = _wire.encode_message(("release", 0, self.shm.take_released())) + chunks
-        _write_to_child(self.transport, chunks)
-
-    def call(self, op: str, body: Any = None) -> Deferred:
-        """Send one request; a Deferred for its reply."""
-        rid = next(self._ids)
-        d: Deferred = Deferred()
-        self._pending[rid] = d
-        try:
-            self._send(op, rid, body)
-        except Exception:
-            self._pending.pop(rid, None)
-            return fail()
-        return d
-
-    def open_stream(self) -> tuple:
-        rid = next(self._ids)
-        queue: DeferredQueue = DeferredQueue()
-        self._streams[rid] = queue
-        self._send("stream_open", rid)
-        return rid, queue
-
-    def stream_send(self, rid: int, op: str, body: Any = None) -> None:
-        if rid in self._streams and self.transport is not None:
-            self._send(op, rid, body)
-
-    def close_stream(self, rid: int, cancel: bool) -> None:
-        if self._streams.pop(rid, None) is not None and cancel and self.state == "ready":
-            self._send("stream_cancel", rid)
-        self._check_settled()
+    def call(self, op: Op, body: Any = None) -> Deferred:
+        """Send one request; a Deferred of its reply (cancelling it cancels the request)."""
+        if self.client is None:
+            return fail(Unavailable(f"{self.label} is not running"))
+        return self.client.call(op, body)
 
     def settled(self) -> Deferred:
         """Fires once no request or stream is in flight at this worker (or it ended)."""
-        if not self.load or self.transport is None:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._settled.append(d)
-        return d
-
-    def _check_settled(self) -> None:
-        if self._settled and (not self.load or self.transport is None):
-            waiting, self._settled = self._settled, []
-            for d in waiting:
-                d.callback(None)
-
-    def received(self, kind: str, obj: Any) -> None:
-        if kind == "json":
-            if self.state == "starting" and not self.peer:
-                self._hello(obj)
-            return
-        if kind == "error":
-            self.protocol_error(f"cannot unpickle a message: {obj}")
-            return
-        op, rid, body = obj
-        if op == "release":
-            if self.shm is not None:
-                self.shm.release(body)
-            return
-        if op == "metrics":
-            self.pool.record_metrics(self.model, body)
-            return
-        if op in ("stream_item", "stream_end") or (op == "error" and rid in self._streams):
-            queue = self._streams.get(rid)
-            if queue is None:
-                return
-            if op == "stream_item":
-                queue.put(("item", body))
-            else:
-                self._streams.pop(rid, None)
-                queue.put(("end", None) if op == "stream_end" else ("error", _errors.rebuild(body)))
-                self._check_settled()
-            return
-        d = self._pending.pop(rid, None)
-        if d is None:
-            return
-        if op == "error":
-            d.errback(Failure(_errors.rebuild(body)))
-        else:
-            d.callback(body)
-        if self._settled:
-            self._check_settled()
+        return self.client.settled() if self.client is not None and self.running else succeed(None)
 
     def protocol_error(self, reason: str) -> None:
         self.log.error("{label}: broken wire ({reason}); stopping it", label=self.label, reason=reason)
         self.kill()
 
-    def output(self, fd: int, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
-        if fd == 2:
-            self.stderr_tail.append(text)
-        self.log.emit(
-            LogLevel.warn if fd == 2 else LogLevel.info,
-            "[{model} worker {worker}] {line}",
-            model=self.model.name,
-            worker=self.index,
-            pid=self.pid,
-            stream="stderr" if fd == 2 else "stdout",
-            line=text,
-        )
-
     # -- ending ---------------------------------------------------------------------
 
     def ended(self, reason: Failure) -> None:
+        """Its process exited (``WorkerProcess`` calls this)."""
         how = describe_exit(reason)
         self.last_exit = how
         lived = self.pool.reactor.seconds() - self.started_at
         was = self.state
-        self.transport = None
         self.pool.unregister(self)
         if self.shm is not None:
             self.shm.close()
             self.shm.sweep()
             _wire.SharedMemory(self.shm.directory, _child_prefix(self.shm), 0).sweep()
-        for call in (self._term_call, self._kill_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._term_call = self._kill_call = None
-        error = Unavailable(f"{self.label} (pid {self.pid}) {how}")
-        pending, self._pending = self._pending, {}
-        for d in pending.values():
-            d.errback(Failure(error))
-        streams, self._streams = self._streams, {}
-        for queue in streams.values():
-            queue.put(("error", error))
+        if self.client is not None:
+            self.client.fail_all(Unavailable(f"{self.label} (pid {self.pid}) {how}"))
         if self._startup is not None:
-            detail = ""
-            if self.stderr_tail:
-                detail = "; its last output: " + " | ".join(list(self.stderr_tail)[-5:])
+            tail = self.process.stderr_tail if self.process is not None else ()
+            detail = "; its last output: " + " | ".join(list(tail)[-5:]) if tail else ""
             message = f"{self.label} {how} while starting ({self.model.python}){detail}"
             self._fail_startup(Unavailable(message))
-        if was == "ready" and not self.model.unloading and not self.pool.stopping:
-            self.state = "dead"
+        if was is WorkerState.READY and not self.model.unloading and not self.pool.stopping:
+            self.state = WorkerState.DEAD
             self.log.error("{label} (pid {pid}) {how}", label=self.label, pid=self.pid, how=how)
             self._schedule_restart(lived)
         else:
-            self.state = "stopped" if was in ("stopping", "ready") or self.model.unloading else "dead"
+            stopped = was in (WorkerState.STOPPING, WorkerState.READY) or self.model.unloading
+            self.state = WorkerState.STOPPED if stopped else WorkerState.DEAD
             self.log.info("{label} (pid {pid}) {how}", label=self.label, pid=self.pid, how=how)
-        waiting, self._exited = self._exited, []
-        for d in waiting:
-            d.callback(None)
-        self._check_settled()
 
     def _schedule_restart(self, lived: float) -> None:
-        if lived >= self.pool.stable_after:
-            self.failures = 0
-        delay = min(self.pool.restart_max, self.pool.restart_initial * (2 ** self.failures))
-        self.failures += 1
+        delay = self.restarts.schedule(lived, self._restart)
         self.log.info("{label}: restarting in {delay}s", label=self.label, delay=delay)
-        self.restart_call = self.pool.reactor.callLater(delay, self._restart)
         self.pool.restarting(self)
 
     def _restart(self) -> None:
-        self.restart_call = None
         self.pool.restarted(self)
         if self.model.unloading or self.pool.stopping:
             return
@@ -429,7 +262,7 @@ class Worker:
                 "{label} failed to start again: {reason}", label=self.label, reason=str(failure.value)
             )
             if not (self.model.unloading or self.pool.stopping):
-                self.state = "dead"
+                self.state = WorkerState.DEAD
                 self._schedule_restart(0.0)
 
         self.start().addCallbacks(
@@ -437,68 +270,36 @@ class Worker:
         )
 
     def cancel_restart(self) -> None:
-        if self.restart_call is not None and self.restart_call.active():
-            self.restart_call.cancel()
-        self.restart_call = None
+        self.restarts.cancel()
         self.pool.restarted(self)
 
     def exited(self) -> Deferred:
         """Fires once the child has exited (at once if there is none)."""
-        if self.transport is None:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._exited.append(d)
-        return d
+        return self.process.exited() if self.process is not None else succeed(None)
 
     def close_input(self) -> None:
-        if self.transport is not None:
-            try:
-                self.transport.closeChildFD(CHILD_IN)
-            except Exception:
-                pass
-
-    def signal(self, name: str) -> None:
-        if self.transport is not None:
-            try:
-                self.transport.signalProcess(name)
-            except twisted_error.ProcessExitedAlready:
-                pass
+        if self.process is not None:
+            self.process.close_input()
 
     def kill(self) -> None:
-        self.signal("KILL")
+        if self.process is not None:
+            self.process.kill()
 
     def stop(self) -> Deferred:
         """Close its input (it exits), TERM after a while, KILL after another; fires when exited."""
         self.cancel_restart()
-        if self.transport is None:
-            if self.state != "dead":
-                self.state = "stopped"
+        if not self.running:
+            if self.state is not WorkerState.DEAD:
+                self.state = WorkerState.STOPPED
             return succeed(None)
-        if self.state != "stopping":
-            self.state = "stopping"
-            self.close_input()
-            clock = self.pool.reactor
-            self._term_call = clock.callLater(self.pool.term_after, self._escalate)
-        return self.exited()
+        assert self.process is not None
+        self.state = WorkerState.STOPPING
+        return self.process.stop(self.pool.term_after, self.pool.kill_after)
 
     def terminate(self) -> None:
         """TERM now (KILL ``kill_after`` s later), unless that is under way already."""
-        if self.transport is None or self._kill_call is not None:
-            return
-        if self._term_call is not None and self._term_call.active():
-            self._term_call.cancel()
-        self._escalate()
-
-    def _escalate(self) -> None:
-        self._term_call = None
-        self.log.warn("{label} (pid {pid}) did not exit; sending TERM", label=self.label, pid=self.pid)
-        self.signal("TERM")
-        self._kill_call = self.pool.reactor.callLater(self.pool.kill_after, self._kill)
-
-    def _kill(self) -> None:
-        self._kill_call = None
-        self.log.warn("{label} (pid {pid}) did not exit; sending KILL", label=self.label, pid=self.pid)
-        self.kill()
+        if self.process is not None:
+            self.process.terminate(self.pool.kill_after)
 
 
 @implementer(IModel, IEncodedInference, ICustomHandlers)
@@ -533,7 +334,7 @@ class WorkerModel:
     def version(self) -> Optional[str]:
         return self.settings.version
 
-    def worker_loaded(self, worker: Worker, info: Dict[str, Any]) -> None:
+    def worker_loaded(self, worker: Worker, info: LoadedInfo) -> None:
         self._metadata = info.get("metadata") or self._metadata
         self.streaming = bool(info.get("streaming"))
         self.wires = frozenset(info.get("wires") or ())
@@ -562,16 +363,16 @@ class WorkerModel:
         clock = self.pool.reactor
 
         def unload(_: Any, worker: Worker) -> Any:
-            if worker.state != "ready":
+            if worker.state is not WorkerState.READY:
                 return None
-            d = worker.call("unload")
+            d = worker.call(Op.UNLOAD)
             d.addErrback(lambda f: self.log.warn("{label}: unload failed: {reason}", label=worker.label,
                                                  reason=str(f.value)))
             return d
 
         def one(worker: Worker) -> Deferred:
             worker.cancel_restart()
-            if worker.state != "ready":
+            if worker.state is not WorkerState.READY:
                 return worker.stop()
             settled = worker.settled()
             if not settled.called:
@@ -588,10 +389,10 @@ class WorkerModel:
         died and waits for, or is in, its restart); None while one is. The registry's
         readiness follows it.
         """
-        if any(w.state == "ready" for w in self.workers):
+        if any(w.state is WorkerState.READY for w in self.workers):
             return None
         reasons = "; ".join(
-            f"worker {w.index} {w.last_exit}" + (", restarting" if w.restart_call is not None else "")
+            f"worker {w.index} {w.last_exit}" + (", restarting" if w.restarts.pending else "")
             for w in self.workers
             if w.last_exit
         )
@@ -599,7 +400,7 @@ class WorkerModel:
         return f"model '{self.name}' has no worker ready{detail}"
 
     def _pick(self) -> Worker:
-        ready = [w for w in self.workers if w.state == "ready"]
+        ready = [w for w in self.workers if w.state is WorkerState.READY]
         if not ready:
             raise Unavailable(self.unavailable or f"model '{self.name}' has no worker ready")
         turn = next(self._turn)
@@ -607,17 +408,17 @@ class WorkerModel:
         return min((ready[(turn + i) % n] for i in range(n)), key=lambda w: w.load)
 
     def predict(self, payload: InferenceRequest) -> Deferred:
-        return self._call("predict", payload)
+        return self._call(Op.PREDICT, payload)
 
     def infer_encoded(self, wire: str, data: bytes, headers: Any) -> Deferred:
         """A request in encoding ``wire``, decoded, served and encoded by a worker."""
-        return self._call("infer_encoded", (wire, data, headers))
+        return self._call(Op.INFER_ENCODED, (wire, data, headers))
 
     def call_custom(self, attribute: str, has_body: bool, body: Any, query: Dict[str, List[str]]) -> Deferred:
         """Call a custom handler of the runtime in the least busy worker."""
-        return self._call("custom", (attribute, has_body, body, query))
+        return self._call(Op.CUSTOM, (attribute, has_body, body, query))
 
-    def _call(self, op: str, body: Any) -> Deferred:
+    def _call(self, op: Op, body: Any) -> Deferred:
         """Send one request to the least busy ready worker; fails if none is ready."""
         try:
             worker = self._pick()
@@ -630,16 +431,19 @@ class WorkerModel:
         return self._stream(worker, payloads)
 
     async def _stream(self, worker: Worker, payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[Any]:
-        rid, queue = worker.open_stream()
+        client = worker.client
+        if client is None:
+            raise Unavailable(f"{worker.label} is not running")
+        rid, queue = client.open_stream()
 
         async def pump() -> None:
             try:
                 async for payload in payloads:
-                    worker.stream_send(rid, "stream_item", payload)
+                    client.stream_send(rid, Op.STREAM_ITEM, payload)
             except Exception as e:
                 queue.put(("error", e))
             else:
-                worker.stream_send(rid, "stream_close")
+                client.stream_send(rid, Op.STREAM_CLOSE)
 
         pumping = ensure_future(pump())
         ended = False
@@ -656,7 +460,7 @@ class WorkerModel:
                     raise value
         finally:
             pumping.cancel()
-            worker.close_stream(rid, cancel=not ended)
+            client.close_stream(rid, cancel=not ended and worker.state is WorkerState.READY)
 
     def metadata(self) -> MetadataModelResponse:
         if self._metadata is not None:

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the framing or the message vocabulary changes incompatibly.
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 PICKLE_PROTOCOL = 5
 
 HEADER = struct.Struct("!cQ")
