@@ -364,15 +364,7 @@ class SingleInputRequestCodec(RequestCodec):
     @classmethod
     def decode_response(cls, response: InferenceResponse) -> Any:
         """The one output of ``response``, decoded (its decoded payload if it holds one)."""
-        if len(response.outputs) != 1:
-            raise CodecInputError(
-                f"the '{cls.ContentType}' request codec takes exactly one output tensor, "
-                f"got {len(response.outputs)}"
-            )
-        output = response.outputs[0]
-        if not has_decoded(output):
-            save_decoded(output, cls._input_codec().decode_output(output))
-        return get_decoded(output)
+        return cls._decode_one(response.outputs, "output")
 
     @classmethod
     def encode_request(cls, payload: Any, **kwargs: Any) -> InferenceRequest:
@@ -383,12 +375,18 @@ class SingleInputRequestCodec(RequestCodec):
     @classmethod
     def decode_request(cls, request: InferenceRequest) -> Any:
         """The one input of ``request``, decoded (its decoded payload if it holds one)."""
-        if len(request.inputs) != 1:
+        return cls._decode_one(request.inputs, "input")
+
+    @classmethod
+    def _decode_one(cls, tensors: List[Any], kind: str) -> Any:
+        """The one ``kind`` tensor of ``tensors``, decoded once (the payload is kept on it)."""
+        if len(tensors) != 1:
             raise CodecInputError(
-                f"the '{cls.ContentType}' request codec takes exactly one input tensor, "
-                f"got {len(request.inputs)}"
+                f"the '{cls.ContentType}' request codec takes exactly one {kind} tensor, got {len(tensors)}"
             )
-        first = request.inputs[0]
-        if not has_decoded(first):
-            save_decoded(first, cls._input_codec().decode_input(first))
-        return get_decoded(first)
+        tensor = tensors[0]
+        if not has_decoded(tensor):
+            codec = cls._input_codec()
+            decode = codec.decode_input if kind == "input" else codec.decode_output
+            save_decoded(tensor, decode(tensor))
+        return get_decoded(tensor)
