@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, AsyncIterator, Optional
 
+from v2d.codecs import _model as _codecs
 from v2d.settings import ModelSettings
 from v2d.types import (
     InferenceRequest,
@@ -133,29 +134,21 @@ class MLModel:
 
     def decode(self, request_input: RequestInput, default_codec: Any = None) -> Any:
         """Decode one input with its content type's codec."""
-        from v2d.codecs._model import decode_input
-
-        return decode_input(self._settings, request_input, default_codec)
+        return _codecs.decode_input(self._settings, request_input, default_codec)
 
     def decode_request(self, request: InferenceRequest, default_codec: Any = None) -> Any:
         """Decode a whole request with its request codec (e.g. to a DataFrame)."""
-        from v2d.codecs._model import decode_request
-
-        return decode_request(self._settings, request, default_codec)
+        return _codecs.decode_request(self._settings, request, default_codec)
 
     def encode(
         self, payload: Any, request_output: RequestOutput, default_codec: Any = None
     ) -> ResponseOutput:
         """Encode one output named by ``request_output``."""
-        from v2d.codecs._model import encode_output
-
-        return encode_output(self._settings, payload, request_output, default_codec)
+        return _codecs.encode_output(self._settings, payload, request_output, default_codec)
 
     def encode_response(self, payload: Any, default_codec: Any = None) -> InferenceResponse:
         """Encode a whole response with a request codec."""
-        from v2d.codecs._model import encode_response
-
-        return encode_response(self._settings, payload, default_codec)
+        return _codecs.encode_response(self._settings, payload, default_codec)
 
 
 try:  # the server always has zope.interface; a worker's environment may not

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from v2d.importer import load_implementation
 from v2d.mlserver_adapter import MLServerRuntime, is_mlserver_model
+from v2d.runtime import MLModel
 
 __all__ = ["build_runtime", "is_streaming", "mark_loaded", "needs_twisted"]
 
@@ -54,8 +55,6 @@ def is_streaming(runtime: Any) -> bool:
     """Whether ``runtime`` overrides ``predict_stream`` (MLServer's or v2d's default)."""
     if isinstance(runtime, MLServerRuntime):
         return runtime.streaming
-    from v2d.runtime import MLModel
-
     method = getattr(type(runtime), "predict_stream", None)
     return method is not None and method is not MLModel.predict_stream
 

@@ -26,6 +26,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
+from v2d.errors import InferenceError
+
 __all__ = [
     "DATATYPES",
     "Datatype",
@@ -294,8 +296,6 @@ class _Message:
         kwargs = dict(obj)
         datatype = kwargs.get("datatype")
         if "datatype" in names and _plain_datatype(datatype) not in DATATYPES:
-            from v2d.errors import InferenceError
-
             raise InferenceError(f"{cls.__name__}: field 'datatype': unknown datatype {datatype!r}")
         for name, (kind, many) in cls._NESTED.items():
             value = kwargs.get(name)

@@ -45,8 +45,10 @@ import time
 import traceback
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
+from v2d._responses import complete_response
 from v2d._version import __version__
 from v2d.custom_metrics import ModelContext, model_context
+from v2d.errors import FailedPrecondition, Unavailable, V2DError
 from v2d.handlers._arguments import call_handler
 from v2d.handlers.custom import handler_routes
 from v2d.runtimes import build_runtime, is_streaming, mark_loaded, needs_twisted
@@ -201,8 +203,8 @@ class ChildServer:
         """Answer request ``rid`` with ``exc`` (a missing Twisted said in one line)."""
         line = needs_twisted(self.settings.name if self.settings is not None else "?", exc)
         if line is not None:
-            exc = _v2d_failed_precondition()(line)
-        elif not isinstance(exc, (_v2d_error(), NotImplementedError)):
+            exc = FailedPrecondition(line)
+        elif not isinstance(exc, (V2DError, NotImplementedError)):
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         self.send(Op.ERROR.value, rid, _errors.describe(exc))
 
@@ -312,7 +314,7 @@ class ChildServer:
         """Call a custom handler of the runtime; a plain result is answered at once."""
         try:
             if self.runtime is None:
-                raise _v2d_unavailable()("the worker has no model loaded")
+                raise Unavailable("the worker has no model loaded")
             result = call_handler(self.runtime, attribute, has_body, body, query)
         except Exception as exc:
             self.fail(rid, exc)
@@ -333,8 +335,6 @@ class ChildServer:
         settings = self.settings
 
         def finish(result: Any) -> Any:
-            from v2d._responses import complete_response
-
             response = complete_response(result, settings.name, settings.version, payload.id)
             body, extra = codec.encode_response(response, raw)
             if self.shm is not None and len(body) >= self.shm.threshold:
@@ -353,7 +353,7 @@ class ChildServer:
         started = time.perf_counter()
         try:
             if self.runtime is None:
-                raise _v2d_unavailable()("the worker has no model loaded")
+                raise Unavailable("the worker has no model loaded")
             result = self.runtime.predict(payload)
         except Exception as exc:
             self.fail(rid, exc)
@@ -395,7 +395,7 @@ class ChildServer:
         queue = self.queues[rid]
         try:
             if self.runtime is None:
-                raise _v2d_unavailable()("the worker has no model loaded")
+                raise Unavailable("the worker has no model loaded")
             async for response in self.runtime.predict_stream(self._requests(queue)):
                 self.send(Op.STREAM_ITEM.value, rid, response)
         except asyncio.CancelledError:
@@ -428,22 +428,6 @@ def _encodings() -> Dict[str, Any]:
     return _ENCODINGS
 
 
-def _v2d_error() -> type:
-    from v2d.errors import V2DError
-
-    return V2DError
-
-
-def _v2d_failed_precondition() -> type:
-    from v2d.errors import FailedPrecondition
-
-    return FailedPrecondition
-
-
-def _v2d_unavailable() -> type:
-    from v2d.errors import Unavailable
-
-    return Unavailable
 
 
 def _finish(done: asyncio.Future) -> None:
