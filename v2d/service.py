@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -60,8 +61,6 @@ STUCK_GRACE = 5.0
 
 def start_failure_reason(error: BaseException) -> Optional[str]:
     """One line for a start-up failure the operator can fix (a port in use), else None."""
-    from twisted.internet.error import CannotListenError
-
     if isinstance(error, CannotListenError):
         why = getattr(error.socketError, "strerror", None) or str(error.socketError)
         where = f"{error.interface or '0.0.0.0'}:{error.port}"

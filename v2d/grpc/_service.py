@@ -14,7 +14,7 @@ import functools
 from typing import Any, AsyncIterator, Callable, Optional
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
@@ -352,6 +352,4 @@ async def _next(iterator: Any) -> Any:
 
 
 def _class_of(descriptor: Any) -> Any:
-    from google.protobuf import message_factory
-
     return message_factory.GetMessageClass(descriptor)

@@ -34,6 +34,7 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
 import attrs
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -490,8 +491,6 @@ class WorkerModelFactory:
 
 def _thread_runner(reactor: Any) -> Callable[[Callable[[], Any]], Deferred]:
     def run(fn: Callable[[], Any]) -> Deferred:
-        from twisted.internet.threads import deferToThreadPool
-
         return deferToThreadPool(reactor, reactor.getThreadPool(), fn)
 
     return run
