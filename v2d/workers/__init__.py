@@ -3,12 +3,12 @@ Worker processes: models served in child processes, in their own Python environm
 
 The server side is built on Twisted's process support, in three pieces: ``_process``
 (one child as a process), ``_client`` (its messages) and ``_restart`` (its back-off),
-put together by ``_worker`` (``Worker``); ``_model`` (``WorkerModel``) spreads a
-model's requests over its workers and ``_pool`` (``WorkerPool``) owns them all. The child side (``v2d.workers._child``)
-and what both share (``_messages``, ``_wire``, ``_handshake``, ``_errors``) use only
-the standard library and numpy, because children import this package from a zip in an
-environment that may have no Twisted. So the public names here are imported lazily,
-on first use.
+put together by ``_worker`` (``Worker``); ``_model`` (``WorkerModel``) spreads a model's
+requests over its workers and ``_pool`` (``WorkerPool``) owns them all. The child side
+(``v2d.workers._child``) and what both share (``_messages``, ``_wire``, ``_handshake``,
+``_errors``) use only the standard library and numpy, because children import this
+package from a zip in an environment that may have no Twisted. So the public names here
+are imported lazily, on first use.
 """
 
 from __future__ import annotations

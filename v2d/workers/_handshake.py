@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 import platform
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Dict, Optional, Tuple
 
 __all__ = [
@@ -36,10 +37,6 @@ def numpy_version() -> Optional[str]:
     module = sys.modules.get("numpy")
     if module is not None:
         return str(module.__version__)
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:  # pragma: no cover - Python < 3.8
-        return None
     try:
         return version("numpy")
     except PackageNotFoundError:

@@ -30,12 +30,7 @@ Imported by worker children (Python 3.9 and up): standard library only.
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Dict, List, Mapping, Tuple
-
-try:
-    from typing import TypedDict
-except ImportError:  # pragma: no cover - Python < 3.8
-    TypedDict = dict  # type: ignore[assignment,misc]
+from typing import Any, Callable, Dict, List, Mapping, Tuple, TypedDict
 
 __all__ = ["Handler", "LoadedInfo", "Message", "Op", "REQUESTS", "dispatch", "message", "table"]
 

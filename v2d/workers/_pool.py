@@ -4,24 +4,25 @@ The server side of worker processes.
 ``WorkerPool.model_factory(settings, count)`` gives an ``IModelFactory`` whose models
 (``WorkerModel``, in ``v2d.workers._model``) run in ``count`` child processes of their
 own, started with ``reactor.spawnProcess`` in the model's environment. Each child
-(``Worker``, in ``v2d.workers._worker``) is three pieces: its process (``v2d.workers._process``: spawn, exit, TERM then KILL, output
-re-logged), its messages (``v2d.workers._client`` over ``v2d.workers._wire``, the
-vocabulary of ``v2d.workers._messages``) and its restarts (``v2d.workers._restart``);
-its state is a ``WorkerState``.
+(``Worker``, in ``v2d.workers._worker``) is three pieces: its process
+(``v2d.workers._process``: spawn, exit, TERM then KILL, output re-logged), its messages
+(``v2d.workers._client`` over ``v2d.workers._wire``, the vocabulary of
+``v2d.workers._messages``) and its restarts (``v2d.workers._restart``); its state is a
+``WorkerState``.
 
 Life of a worker: spawn -> handshake (checked, see ``_handshake``) -> load -> serve.
-When a serving worker dies, its requests in flight fail at once (``Unavailable``,
-naming the exit), and it is started again after a back-off (doubling, capped; reset
-once a worker has lived long enough), loading its model again. When its model is
-unloaded the worker unloads it and exits, so everything the model took is freed.
+When a serving worker dies, its requests in flight fail at once (``Unavailable``, naming
+the exit), and it is started again after a back-off (doubling, capped; reset once a
+worker has lived long enough), loading its model again. When its model is unloaded the
+worker unloads it and exits, so everything the model took is freed.
 ``WorkerPool.shutting_down`` (when the server stops, before its models unload) bounds
 the rest: ``term_after`` s later every child still running gets TERM, and KILL
 ``kill_after`` s after that; ``WorkerPool.stop`` closes every child's input and fires
 once all have exited.
 
 A model's custom handlers (``@custom_handler``) are listed by its worker after load and
-called through it (``custom``); the custom metrics its runtime logs come back in
-batches (``metrics``) and are recorded in the server's ``metrics``.
+called through it (``custom``); the custom metrics its runtime logs come back in batches
+(``metrics``) and are recorded in the server's ``metrics``.
 """
 
 from __future__ import annotations
