@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException
 
 from v2d.aio import CANCELLATIONS, as_deferred
-from v2d.errors import HTTP_STATUS_OF_KIND, Internal, InvalidArgument, V2DError
+from v2d.errors import Internal, InvalidArgument, V2DError
 from v2d.headers import attach_headers, take_headers
 from v2d.interfaces import IDataPlane
 from v2d.modelconfig import model_config
@@ -33,11 +33,7 @@ from v2d.rest._json import (
 from v2d.rest._shm import cuda_answer, region_status, register_region, unregister_region
 from v2d.types import HeaderDict, InferenceRequest, InferenceResponse
 
-__all__ = ["HOP_BY_HOP", "RestAPI", "STATUS_OF_KIND"]
-
-#: HTTP statuses of the v2d.errors kinds (a view of v2d.errors' table; an
-#: ``MLServerError`` may carry its own).
-STATUS_OF_KIND: Dict[str, int] = HTTP_STATUS_OF_KIND
+__all__ = ["HOP_BY_HOP", "RestAPI"]
 
 #: Headers that describe one connection, never copied to or from a model.
 HOP_BY_HOP = frozenset(

@@ -30,9 +30,16 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
 from v2d._twisted import request_disconnected
-from v2d.errors import FailedPrecondition, InvalidArgument, ModelNotReady, Unavailable, V2DError
+from v2d.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ModelNotReady,
+    Unavailable,
+    V2DError,
+    http_status,
+)
 from v2d.interfaces import ICustomHandlers
-from v2d.rest._api import STATUS_OF_KIND, request_body
+from v2d.rest._api import request_body
 from v2d.rest._json import error_body
 
 __all__ = ["CustomRoutes", "encode_result", "klein_serves"]
@@ -73,7 +80,7 @@ def _status_of(exc: BaseException) -> int:
     if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599:
         return status
     if isinstance(exc, V2DError):
-        return STATUS_OF_KIND.get(exc.kind, 500)
+        return http_status(exc)
     if isinstance(exc, NotImplementedError):
         return 501
     return 500
