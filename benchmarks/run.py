@@ -435,7 +435,7 @@ def select(cases: List[Case], only: List[str], servers: Optional[List[str]]) -> 
             continue
         if servers is not None:
             case.entries = [e for e in case.entries if e.server in servers]
-        if case.entries:
+        if any(not e.unavailable for e in case.entries):
             chosen.append(case)
     return chosen
 
@@ -572,12 +572,13 @@ def _cpu(value: Optional[float]) -> str:
 
 
 def evaluate(case: Case, results: List[Result]) -> List[Dict[str, Any]]:
-    by_id = {r.entry.id: r.best for r in results}
+    # a server left out with --servers, or that cannot do the case: no target
+    by_id = {r.entry.id: r.best for r in results if not r.entry.unavailable}
     label = {r.entry.id: r.entry.label for r in results}
     out = []
     for t in case.targets:
         if t.numerator not in by_id or t.denominator not in by_id:
-            continue  # a server left out with --servers
+            continue
         num, den = by_id[t.numerator], by_id[t.denominator]
         ratio = None
         if t.metric == "cpu":
@@ -837,7 +838,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{info.get('cpu', '?')}, {info['cpus']} CPUs, Python {info['python']}; load average "
         f"{info['loadavg_start'][0]:.1f} at start, {info['loadavg_end'][0]:.1f} at end; {info['minutes']} min"
     )
-    print(f"{settings}; best of {rounds} round(s); {legend}; * = perf_analyzer failed, wrk/h2load used")
+    if command is not None:
+        legend += "; * = perf_analyzer failed, wrk/h2load used"
+    print(f"{settings}; best of {rounds} round(s); {legend}")
     print(
         "CPU s/1k: CPU seconds (user + system) of the server's process tree per 1,000 requests over the "
         "measured run; loadgen: the same for the load generator, and its CPU over the run's length "
