@@ -119,10 +119,11 @@ class CPUMeter:
         self.server_cpu_s = server1 - server0 if self.server_pid else None
         self.loadgen_cpu_s = children1 - children0
 
-    def fill(self, m: Measurement, requests: Optional[float] = None) -> Measurement:
-        """``requests``: the count the load generator reported (None: rate x window)."""
+    def fill(self, m: Measurement) -> Measurement:
+        """The run's figures into ``m``; without a request count from the load generator
+        (perf_analyzer), the count is its rate times the run's length."""
         m.window_s = self.window_s
-        m.requests = requests if requests is not None else m.throughput * self.window_s
+        m.requests = m.requests or m.throughput * self.window_s
         m.server_cpu_s = self.server_cpu_s
         m.loadgen_cpu_s = self.loadgen_cpu_s
         return m
@@ -406,8 +407,7 @@ class Wrk:
             except subprocess.TimeoutExpired:
                 return Measurement(error="wrk timed out", command=cmd)
         m = self.parse(proc.stdout + proc.stderr, cmd)
-        done = re.search(r"(\d+) requests in", proc.stdout)
-        return meter.fill(m, float(done.group(1)) if done else None) if meter is not None else m
+        return meter.fill(m) if meter is not None else m
 
     @staticmethod
     def parse(output: str, cmd: Sequence[str]) -> Measurement:
@@ -415,6 +415,7 @@ class Wrk:
         if not rate:
             return Measurement(error=output.strip()[-300:], command=list(cmd))
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+        done = re.search(r"(\d+) requests in", output)
         lat: Dict[str, float] = {}
         for pct, value, unit in re.findall(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", output, re.M):
             lat[pct] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -424,6 +425,7 @@ class Wrk:
             p99_ms=lat.get("99"),
             error=f"{bad.group(1)} non-2xx responses" if bad else "",
             command=list(cmd),
+            requests=float(done.group(1)) if done else 0.0,
         )
 
 
@@ -482,8 +484,7 @@ class H2load:
             except subprocess.TimeoutExpired:
                 return Measurement(error="h2load timed out", command=cmd)
         m = self.parse(proc.stdout + proc.stderr, cmd)
-        done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", proc.stdout)
-        return meter.fill(m, float(done.group(1)) if done else None) if meter is not None else m
+        return meter.fill(m) if meter is not None else m
 
     @staticmethod
     def check(url: str, request: bytes) -> str:
@@ -512,10 +513,12 @@ class H2load:
         if mean:
             p50 = float(mean.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)]
         failed = re.search(r"requests: .*?(\d+) failed", output)
+        done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", output)
         return Measurement(
             throughput=float(rate.group(1)),
             p50_ms=p50,
             stable=False,
             error=f"{failed.group(1)} failed" if failed and failed.group(1) != "0" else "",
             command=list(cmd),
+            requests=float(done.group(1)) if done else 0.0,
         )

@@ -795,7 +795,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             settings = loadgen.settings()
             legend = "~ = perf_analyzer found no stable window (mean of its last 3; average latency as p50)"
         else:
-            say("perf_analyzer cannot run: falling back to wrk (REST) and h2load (gRPC)")
+            if args.loadgen == "wrk":
+                say("wrk (REST) and h2load (gRPC) for every server")
+            else:
+                say("perf_analyzer cannot run: falling back to wrk (REST) and h2load (gRPC)")
             debian_tools("wrk", "h2load")
             seconds = 5 if args.quick else 10
             loadgen = {"rest": Wrk(seconds), "grpc": H2load(seconds)}
