@@ -567,8 +567,10 @@ def _num(value: Optional[float], digits: int = 1) -> str:
 
 
 def _cpu(value: Optional[float]) -> str:
-    """CPU seconds per 1,000 requests: three significant digits."""
-    return "-" if value is None else f"{value:.3g}"
+    """CPU seconds per 1,000 requests: three significant digits (whole seconds from 100)."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def evaluate(case: Case, results: List[Result]) -> List[Dict[str, Any]]:
