@@ -1,19 +1,23 @@
 """
-v2d against MLServer 1.7.1, side by side, on the same runtimes: one command, one table.
+v2d against MLServer 1.7.1 and KServe 0.21, side by side, on the same runtimes: one
+command, one table.
 
-    python benchmarks/run.py                 # the whole run (~20 min on 2 cores)
+    python benchmarks/run.py --loadgen wrk   # every server, wrk + h2load (~25 min on 2 cores)
+    python benchmarks/run.py                 # perf_analyzer; no KServe rows (~20 min)
     python benchmarks/run.py --quick         # c16 only, fewer variants (~3-4 min)
     python benchmarks/run.py --only rest --only small --json out.json
 
 It installs what it needs (perf_analyzer through .ci/setup-perf-analyzer.sh; MLServer
-1.7.1 in a venv of its own under ~/.cache/v2d-bench), writes the model repositories
-(benchmarks/repository.py), starts every server it needs on loopback ports (v2d
-in-process and with one worker process; MLServer with its defaults, in-process, each
-with debug logging on and off; a bare twisted.web ceiling), then drives each case with
-perf_analyzer, the servers one after the other and their order reversed from one case
+1.7.1 and KServe 0.21.0 each in a venv of its own under ~/.cache/v2d-bench), writes the
+model repositories (benchmarks/repository.py), starts every server it needs on loopback
+ports (v2d in-process and with one worker process; MLServer with its defaults,
+in-process, each with debug logging on and off; KServe's model server; a bare
+twisted.web ceiling), then drives each case with perf_analyzer or wrk (REST) and
+h2load (gRPC), the servers one after the other and their order reversed from one case
 and round to the next, so that drift on the machine hits all of them. Each result is
 the best of ``--rounds`` runs; peak RSS is the largest sum over the server's process
-tree seen while it was under load.
+tree seen while it was under load; CPU per 1,000 requests is the CPU seconds the
+server's process tree (and, apart, the load generator) used over the measured run.
 
 Run it with the interpreter that runs v2d (the project's venv): v2d is started as
 ``twistd -n v2d`` with that interpreter.
@@ -37,7 +41,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from benchmarks.loadgen import H2load, Load, Measurement, PerfAnalyzer, Wrk, perf_analyzer  # noqa: E402
+from benchmarks.loadgen import (  # noqa: E402
+    CPUMeter,
+    H2load,
+    Load,
+    Measurement,
+    PerfAnalyzer,
+    Wrk,
+    perf_analyzer,
+)
 from benchmarks.repository import (  # noqa: E402
     MIB_1,
     MIB_64,
@@ -48,6 +60,7 @@ from benchmarks.repository import (  # noqa: E402
 )
 from benchmarks.servers import (  # noqa: E402
     CeilingServer,
+    KServePeer,
     MLServerPeer,
     RSSSampler,
     Server,
@@ -55,6 +68,7 @@ from benchmarks.servers import (  # noqa: E402
 )
 
 MLSERVER_VERSION = "1.7.1"
+KSERVE_VERSION = "0.21.0"
 
 
 # --------------------------------------------------------------------------- set-up
@@ -69,17 +83,28 @@ def cache_dir() -> str:
 
 def mlserver_python(cache: str, base_python: str) -> str:
     """The interpreter of a venv holding benchmarks/mlserver/requirements.txt (made once)."""
-    requirements = os.path.join(HERE, "mlserver", "requirements.txt")
+    return peer_python(cache, base_python, "mlserver", MLSERVER_VERSION, "MLServer")
+
+
+def kserve_python(cache: str, base_python: str) -> str:
+    """The interpreter of a venv holding benchmarks/kserve/requirements.txt (made once)."""
+    return peer_python(cache, base_python, "kserve", KSERVE_VERSION, "KServe")
+
+
+def peer_python(cache: str, base_python: str, peer: str, version: str, name: str) -> str:
+    """The interpreter of ``cache``/``peer``-``version``, a venv holding
+    benchmarks/``peer``/requirements.txt; made again whenever that file changes."""
+    requirements = os.path.join(HERE, peer, "requirements.txt")
     with open(requirements) as f:
         wanted = f.read()
-    venv = os.path.join(cache, f"mlserver-{MLSERVER_VERSION}")
+    venv = os.path.join(cache, f"{peer}-{version}")
     python = os.path.join(venv, "bin", "python")
     marker = os.path.join(venv, ".requirements.txt")
     if os.path.exists(marker) and os.path.exists(python):
         with open(marker) as f:
             if f.read() == wanted:
                 return python
-    say(f"installing MLServer {MLSERVER_VERSION} into {venv}")
+    say(f"installing {name} {version} into {venv}")
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([base_python, "-m", "venv", venv], check=True)
     subprocess.run(
@@ -144,7 +169,11 @@ SERVERS: Dict[str, str] = {
     "ceiling": "twisted.web ceiling",
     "v2d-mls-env": "v2d, the model in MLServer's venv (environment_path, 1 worker)",
     "v2d-mls": "v2d in a venv with MLServer, in-process",
+    "kserve": "KServe 0.21",
 }
+
+#: Why perf_analyzer cannot measure KServe: its rows need ``--loadgen wrk``.
+KSERVE_NEEDS_WRK = "perf_analyzer reads Triton's model configuration, which KServe lacks: --loadgen wrk"
 
 
 @dataclass
@@ -156,17 +185,23 @@ class Entry:
     label: str
     model: Optional[str] = None
     rest_format: Optional[str] = None
+    unavailable: str = ""  # why this server cannot do this case: shown as "n/a", not run
 
 
 @dataclass
 class Target:
-    """``numerator`` must do at least ``at_least`` times ``denominator``'s rate (None: shown only)."""
+    """``numerator`` must do at least ``at_least`` times ``denominator``'s rate (None: shown only).
+
+    With ``metric`` "cpu" the ratio is of the server CPU per request, numerator over
+    denominator, and must be at most ``at_least``.
+    """
 
     numerator: str
     denominator: str
     at_least: Optional[float]
     name: str
     who: str = "v2d"  # the numerator, in the table's target column
+    metric: str = "rate"  # or "cpu"
 
 
 @dataclass
@@ -195,6 +230,14 @@ class Result:
         return self.rounds[-1] if self.rounds else Measurement(error="not run")
 
 
+def kserve_targets(key: str, at_least: float) -> List[Target]:
+    """Issue 15's targets against KServe: the rate, and server CPU per request <= 0.5x."""
+    return [
+        Target("v2d", "kserve", at_least, f"{key}: v2d >= {at_least:g}x KServe"),
+        Target("v2d", "kserve", 0.5, f"{key}: v2d server CPU/request <= 0.5x KServe's", "v2d CPU", "cpu"),
+    ]
+
+
 def entry(server: str, suffix: str = "", **kw: Any) -> Entry:
     label = SERVERS[server] + (f", {suffix}" if suffix else "")
     return Entry(id=server + (f"/{suffix}" if suffix else ""), server=server, label=label, **kw)
@@ -209,12 +252,12 @@ def build_cases(data: Dict[str, str], quick: bool) -> List[Case]:
     small = dict(model="add-one", input_data=data["small"], elements=SMALL)
     for transport in ("rest", "grpc"):
         for c in concurrencies:
-            entries = [entry("v2d"), entry("v2d-w1")] + [entry(p) for p in peers]
+            entries = [entry("v2d"), entry("v2d-w1")] + [entry(p) for p in peers] + [entry("kserve")]
             if transport == "rest":
                 entries.append(entry("ceiling"))
-            targets = []
+            targets = kserve_targets(f"small {transport} c{c}", 2.0)
             if c == 16:
-                targets = [
+                targets += [
                     Target("v2d", "mls", 3.0, f"small {transport} c16: v2d >= 3x MLServer defaults"),
                     Target(
                         "v2d", "mls-inproc", 1.5, f"small {transport} c16: v2d >= 1.5x MLServer in-process"
@@ -250,12 +293,21 @@ def build_cases(data: Dict[str, str], quick: bool) -> List[Case]:
                 entry("v2d-w1", suffix, rest_format=v2d_format),
                 entry("mls"),
                 entry("mls-inproc"),
+                entry("kserve", suffix, rest_format=v2d_format),
             ]
-            targets = []
+            what = "REST binary" if transport == "rest" else "gRPC raw"
+            # KServe has the binary tensor extension: binary against binary
+            targets = [
+                Target(
+                    entries[0].id,
+                    entries[-1].id,
+                    1.0 if transport == "rest" else 1.5,
+                    f"1 MiB {transport} c{c}: v2d {what} >= {1.0 if transport == 'rest' else 1.5:g}x KServe",
+                )
+            ]
             if c == 16:
                 at_least = 20.0 if transport == "rest" else 5.0
-                what = "REST binary" if transport == "rest" else "gRPC raw"
-                targets = [
+                targets += [
                     Target(
                         entries[0].id, "mls", at_least, f"1 MiB c16: v2d {what} >= {at_least:g}x MLServer"
                     ),
@@ -281,13 +333,14 @@ def build_cases(data: Dict[str, str], quick: bool) -> List[Case]:
         big=True,
     )
     huge_entries = (
-        [entry("v2d-w1"), entry("mls")]
+        [entry("v2d-w1"), entry("mls"), entry("kserve")]
         if quick
         else [
             entry("v2d-w1"),
             entry("v2d"),
             entry("mls"),
             entry("mls-inproc"),
+            entry("kserve"),
         ]
     )
     cases.append(
@@ -306,7 +359,13 @@ def build_cases(data: Dict[str, str], quick: bool) -> List[Case]:
     # MLServer's own runtime package (mlserver-sklearn) served by both servers
     sklearn = dict(model="sklearn", input_data=data["small"], elements=SMALL)
     for transport in ("rest", "grpc"):
-        entries = [entry("v2d-mls-env"), entry("v2d-mls"), entry("mls"), entry("mls-inproc")]
+        entries = [
+            entry("v2d-mls-env"),
+            entry("v2d-mls"),
+            entry("mls"),
+            entry("mls-inproc"),
+            entry("kserve", unavailable="KServe cannot serve an MLServer runtime package"),
+        ]
         cases.append(
             Case(
                 key=f"sklearn-{transport}-c16",
@@ -340,6 +399,8 @@ def build_cases(data: Dict[str, str], quick: bool) -> List[Case]:
         entry("v2d", "batching off", model="slow-add-one"),
         entry("mls", "batching on", model="slow-add-one-batched"),
         entry("mls", "batching off", model="slow-add-one"),
+        entry("kserve", "batching off", model="slow-add-one"),
+        entry("kserve", "batching on", unavailable="KServe's model server has no adaptive batching"),
     ]
     cases.append(
         Case(
@@ -374,7 +435,7 @@ def select(cases: List[Case], only: List[str], servers: Optional[List[str]]) -> 
             continue
         if servers is not None:
             case.entries = [e for e in case.entries if e.server in servers]
-        if case.entries:
+        if any(not e.unavailable for e in case.entries):
             chosen.append(case)
     return chosen
 
@@ -383,9 +444,15 @@ def select(cases: List[Case], only: List[str], servers: Optional[List[str]]) -> 
 
 
 def start_servers(
-    keys: Sequence[str], v2d_models: str, peer_models: str, peer_python: str, sklearn: Dict[str, str]
+    keys: Sequence[str],
+    v2d_models: str,
+    peer_models: str,
+    peer_python: str,
+    sklearn: Dict[str, str],
+    kserve: str = "",
 ) -> Dict[str, Server]:
-    """Start the servers ``keys``; ``sklearn`` has the repositories (and venv) of the sklearn case."""
+    """Start the servers ``keys``; ``sklearn`` has the repositories (and venv) of the
+    sklearn case, ``kserve`` the interpreter of KServe's venv."""
 
     def v2d_in_mlserver_venv() -> Server:
         from tests.support.mlserver_env import mlserver_venv
@@ -406,6 +473,7 @@ def start_servers(
             SERVERS["mls-inproc-nodebug"], peer_python, peer_models, 0, False
         ),
         "ceiling": lambda: CeilingServer(SERVERS["ceiling"]),
+        "kserve": lambda: KServePeer(SERVERS["kserve"], kserve),
     }
     started: Dict[str, Server] = {}
     try:
@@ -429,6 +497,7 @@ def stop_servers(servers: Dict[str, Server]) -> None:
 
 
 def measure(case: Case, item: Entry, server: Server, loadgen: Any) -> Measurement:
+    """One run of ``case`` against ``item``, the CPU of the server's process tree metered."""
     load = Load(**{**asdict(case.load)})
     if item.model:
         load.model = item.model
@@ -442,7 +511,7 @@ def measure(case: Case, item: Entry, server: Server, loadgen: Any) -> Measuremen
         url = f"127.0.0.1:{server.http_port}"
     if isinstance(loadgen, dict):
         loadgen = loadgen[load.transport]
-    return loadgen.run(load, url)
+    return loadgen.run(load, url, CPUMeter(server.pid))
 
 
 def run_cases(
@@ -458,6 +527,10 @@ def run_cases(
                 order.reverse()
             flip = not flip
             for item, result in order:
+                if item.unavailable:
+                    if not result.rounds:
+                        result.rounds.append(Measurement(error=f"n/a: {item.unavailable}"))
+                    continue
                 server = servers[item.server]
                 process = getattr(server, "process", None) or getattr(
                     getattr(server, "daemon", None), "process", None
@@ -493,18 +566,32 @@ def _num(value: Optional[float], digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+def _cpu(value: Optional[float]) -> str:
+    """CPU seconds per 1,000 requests: three significant digits (whole seconds from 100)."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def evaluate(case: Case, results: List[Result]) -> List[Dict[str, Any]]:
-    by_id = {r.entry.id: r.best for r in results}
+    # a server left out with --servers, or that cannot do the case: no target
+    by_id = {r.entry.id: r.best for r in results if not r.entry.unavailable}
     label = {r.entry.id: r.entry.label for r in results}
     out = []
     for t in case.targets:
         if t.numerator not in by_id or t.denominator not in by_id:
-            continue  # a server left out with --servers
+            continue
         num, den = by_id[t.numerator], by_id[t.denominator]
         ratio = None
-        if num.ok and den.ok:
-            ratio = num.throughput / den.throughput
-        met = None if t.at_least is None or ratio is None else ratio >= t.at_least
+        if t.metric == "cpu":
+            mine, theirs = num.server_cpu_per_1k, den.server_cpu_per_1k
+            if num.ok and den.ok and mine is not None and theirs:
+                ratio = mine / theirs
+            met = None if t.at_least is None or ratio is None else ratio <= t.at_least
+        else:
+            if num.ok and den.ok:
+                ratio = num.throughput / den.throughput
+            met = None if t.at_least is None or ratio is None else ratio >= t.at_least
         out.append(
             {
                 "target": t.name,
@@ -514,6 +601,7 @@ def evaluate(case: Case, results: List[Result]) -> List[Dict[str, Any]]:
                 "who": t.who,
                 "ratio": ratio,
                 "at_least": t.at_least,
+                "metric": t.metric,
                 "met": met,
             }
         )
@@ -521,7 +609,19 @@ def evaluate(case: Case, results: List[Result]) -> List[Dict[str, Any]]:
 
 
 def table(cases: List[Case], results: Dict[str, List[Result]]) -> str:
-    headers = ["case", "server", "infer/s", "p50 ms", "p99 ms", "RSS MiB", "ref/this", "target"]
+    headers = [
+        "case",
+        "server",
+        "infer/s",
+        "p50 ms",
+        "p99 ms",
+        "RSS MiB",
+        "CPU s/1k",
+        "loadgen CPU s/1k",
+        "loadgen cores",
+        "ref/this",
+        "target",
+    ]
     rows: List[List[str]] = []
     for case in cases:
         res = results[case.key]
@@ -538,9 +638,11 @@ def table(cases: List[Case], results: Dict[str, List[Result]]) -> str:
                 ratio = ""
                 if i > 0 and reference.ok:
                     ratio = f"{reference.throughput / m.throughput:.2f}x"
+            elif m.error.startswith("n/a"):
+                rate, ratio = "n/a", ""
             else:
                 rate, ratio = "failed", ""
-            notes = []
+            notes = [m.error[len("n/a: ") :]] if m.error.startswith("n/a") else []
             for check in checks:
                 if check["denominator_id"] != result.entry.id:
                     continue
@@ -549,7 +651,8 @@ def table(cases: List[Case], results: Dict[str, List[Result]]) -> str:
                     continue
                 text = f"{check['who']} {check['ratio']:.2f}x"
                 if check["at_least"] is not None:
-                    text += f" (>= {check['at_least']:g}x {'met' if check['met'] else 'NOT met'})"
+                    sign = "<=" if check["metric"] == "cpu" else ">="
+                    text += f" ({sign} {check['at_least']:g}x {'met' if check['met'] else 'NOT met'})"
                 notes.append(text)
             rows.append(
                 [
@@ -559,12 +662,15 @@ def table(cases: List[Case], results: Dict[str, List[Result]]) -> str:
                     _num(m.p50_ms, 2) if m.ok else "-",
                     _num(m.p99_ms, 2) if m.ok else "-",
                     f"{result.peak_rss / (1 << 20):,.0f}" if result.peak_rss else "-",
+                    _cpu(m.server_cpu_per_1k) if m.ok else "-",
+                    _cpu(m.loadgen_cpu_per_1k) if m.ok else "-",
+                    f"{m.loadgen_cores:.2f}" if m.ok and m.loadgen_cores is not None else "-",
                     ratio,
                     "; ".join(notes),
                 ]
             )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    right = {2, 3, 4, 5, 6}
+    right = set(range(2, len(headers) - 1))
 
     def fmt(row: List[str]) -> str:
         cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
@@ -625,7 +731,7 @@ def machine() -> Dict[str, Any]:
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Benchmark v2d against MLServer 1.7.1 with perf_analyzer.",
+        description="Benchmark v2d against MLServer 1.7.1 and KServe 0.21 with perf_analyzer or wrk/h2load.",
         epilog="Cases are tagged small/1mib/64mib/batching, rest/grpc, c1/c16; --only keeps the cases "
         "with every tag given (or the case key, e.g. small-rest-c16).",
     )
@@ -640,9 +746,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "--loadgen",
         choices=["auto", "perf_analyzer", "wrk"],
         default="auto",
-        help="perf_analyzer, or wrk (REST) + h2load (gRPC) [default: perf_analyzer if it runs]",
+        help="perf_analyzer, or wrk (REST) + h2load (gRPC) for every server, KServe included "
+        "[default: perf_analyzer if it runs]",
     )
     p.add_argument("--mlserver-python", help="an interpreter with MLServer 1.7.1 (skips the install)")
+    p.add_argument("--kserve-python", help="an interpreter with KServe 0.21.0 (skips the install)")
     p.add_argument(
         "--interval", type=int, help="perf_analyzer measurement window, ms [default: 3000, quick 2000]"
     )
@@ -675,6 +783,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             command = None
         if command is not None:
+            for case in cases:  # perf_analyzer needs an endpoint KServe has not
+                for e in case.entries:
+                    if e.server == "kserve" and not e.unavailable:
+                        e.unavailable = KSERVE_NEEDS_WRK
             interval = args.interval or (2000 if args.quick else 3000)
             loadgen: Any = PerfAnalyzer(
                 command,
@@ -685,23 +797,31 @@ def main(argv: Optional[List[str]] = None) -> int:
             settings = loadgen.settings()
             legend = "~ = perf_analyzer found no stable window (mean of its last 3; average latency as p50)"
         else:
-            say("perf_analyzer cannot run: falling back to wrk (REST) and h2load (gRPC)")
+            if args.loadgen == "wrk":
+                say("wrk (REST) and h2load (gRPC) for every server")
+            else:
+                say("perf_analyzer cannot run: falling back to wrk (REST) and h2load (gRPC)")
             debian_tools("wrk", "h2load")
             seconds = 5 if args.quick else 10
             loadgen = {"rest": Wrk(seconds), "grpc": H2load(seconds)}
             settings = f"wrk / h2load, {seconds} s per run"
             legend = "~ = h2load (mean latency as p50)"
 
-        keys = [k for k in SERVERS if any(e.server == k for c in cases for e in c.entries)]
+        keys = [
+            k for k in SERVERS if any(e.server == k and not e.unavailable for c in cases for e in c.entries)
+        ]
         with_sklearn = any("sklearn" in c.tags for c in cases)
         peer_python = ""
         if with_sklearn or any(k.startswith("mls") for k in keys):
             peer_python = args.mlserver_python or mlserver_python(cache, sys.executable)
         v2d_models = write_repository(os.path.join(work, "v2d-models"), "v2d")
         peer_models = write_repository(os.path.join(work, "mlserver-models"), "mlserver")
+        kserve = ""
+        if "kserve" in keys:
+            kserve = args.kserve_python or kserve_python(cache, sys.executable)
         sklearn = write_sklearn_repositories(work, peer_python, peer_models) if with_sklearn else {}
         info = machine()
-        started = start_servers(keys, v2d_models, peer_models, peer_python, sklearn)
+        started = start_servers(keys, v2d_models, peer_models, peer_python, sklearn, kserve)
         say(f"{len(cases)} cases, {rounds} round(s); {settings}")
         fallback = None
         if command is not None and shutil.which("wrk") and shutil.which("h2load"):
@@ -723,7 +843,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{info.get('cpu', '?')}, {info['cpus']} CPUs, Python {info['python']}; load average "
         f"{info['loadavg_start'][0]:.1f} at start, {info['loadavg_end'][0]:.1f} at end; {info['minutes']} min"
     )
-    print(f"{settings}; best of {rounds} round(s); {legend}; * = perf_analyzer failed, wrk/h2load used\n")
+    if command is not None:
+        legend += "; * = perf_analyzer failed, wrk/h2load used"
+    print(f"{settings}; best of {rounds} round(s); {legend}")
+    print(
+        "CPU s/1k: CPU seconds (user + system) of the server's process tree per 1,000 requests over the "
+        "measured run; loadgen: the same for the load generator, and its CPU over the run's length "
+        "(1.00 = one core busy: the load generator is the limit)\n"
+    )
     print(table(cases, results))
     checks = summary(cases, results)
     met = sum(1 for c in checks if c["met"])

@@ -26,7 +26,16 @@ from tests.support.daemon import Daemon, free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-__all__ = ["CeilingServer", "MLServerPeer", "RSSSampler", "Server", "V2dServer", "process_tree_rss"]
+__all__ = [
+    "CeilingServer",
+    "KServePeer",
+    "MLServerPeer",
+    "RSSSampler",
+    "Server",
+    "V2dServer",
+    "process_tree_cpu",
+    "process_tree_rss",
+]
 
 
 def _children(pid: int) -> List[int]:
@@ -52,17 +61,37 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
-def process_tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants, summed."""
-    total, todo, seen = 0, [pid], set()
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # the command name (field 2) may hold spaces: count from its closing ")"
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def process_tree(pid: int) -> List[int]:
+    """``pid`` and all its descendants."""
+    todo, seen = [pid], []
     while todo:
         p = todo.pop()
         if p in seen:
             continue
-        seen.add(p)
-        total += _rss_bytes(p)
+        seen.append(p)
         todo.extend(_children(p))
-    return total
+    return seen
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants, summed."""
+    return sum(_rss_bytes(p) for p in process_tree(pid))
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and all its live descendants."""
+    return sum(_cpu_seconds(p) for p in process_tree(pid))
 
 
 class RSSSampler:
@@ -117,7 +146,7 @@ class Server:
     """One server under test: a label, a REST port, maybe a gRPC address, a pid."""
 
     label = "server"
-    kind = "server"  # "v2d", "mlserver" or "ceiling"
+    kind = "server"  # "v2d", "mlserver", "kserve" or "ceiling"
     http_port: int
     grpc_address: Optional[str] = None
 
@@ -168,49 +197,38 @@ class V2dServer(Server):
         return self.daemon.log()
 
 
-class MLServerPeer(Server):
-    """MLServer 1.7.1 from its venv, configured through MLSERVER_* variables."""
+class PeerProcess(Server):
+    """A peer server run by another interpreter (its own venv): one process group,
+    logged to a file in a work folder of its own, ready once ``ready_paths`` answer 200."""
 
-    kind = "mlserver"
+    kind = "peer"
+    prefix = "v2d-bench-peer-"
 
-    def __init__(self, label: str, python: str, models: str, parallel_workers: int, debug: bool) -> None:
+    def __init__(self, label: str, python: str) -> None:
         self.label = label
         self.python = python
-        self.models = models
-        self.parallel_workers = parallel_workers
-        self.debug = debug
         self.http_port = free_port()
         self.grpc_port = free_port()
-        self.metrics_port = free_port()
         self.grpc_address = f"127.0.0.1:{self.grpc_port}"
         self.process: Optional[subprocess.Popen] = None
         self.workdir = ""
         self.logfile = ""
 
+    def command(self) -> List[str]:
+        raise NotImplementedError
+
     def environment(self) -> Dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLSERVER_", "PYTHON"))}
-        env.update(
-            {
-                "MLSERVER_HOST": "127.0.0.1",
-                "MLSERVER_HTTP_PORT": str(self.http_port),
-                "MLSERVER_GRPC_PORT": str(self.grpc_port),
-                "MLSERVER_METRICS_PORT": str(self.metrics_port),
-                "MLSERVER_PARALLEL_WORKERS": str(self.parallel_workers),
-                "MLSERVER_DEBUG": "true" if self.debug else "false",
-                # gRPC's default 4 MiB message limit would refuse the 64 MiB tensors.
-                "MLSERVER_GRPC_MAX_MESSAGE_LENGTH": str(1 << 30),
-                "MLSERVER_METRICS_DIR": os.path.join(self.workdir, "metrics"),
-                "MLSERVER_ENVIRONMENTS_DIR": os.path.join(self.workdir, "envs"),
-            }
-        )
-        return env
+        return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+
+    def ready_paths(self) -> List[str]:
+        return ["/v2/health/ready"]
 
     def start(self) -> None:
-        self.workdir = tempfile.mkdtemp(prefix="v2d-bench-mlserver-")
-        self.logfile = os.path.join(self.workdir, "mlserver.log")
+        self.workdir = tempfile.mkdtemp(prefix=self.prefix)
+        self.logfile = os.path.join(self.workdir, "server.log")
         with open(self.logfile, "wb") as log:
             self.process = subprocess.Popen(
-                [self.python, os.path.join(HERE, "mlserver", "serve.py"), self.models],
+                self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -219,11 +237,9 @@ class MLServerPeer(Server):
                 start_new_session=True,
             )
         deadline = time.monotonic() + 180
-        base = f"http://127.0.0.1:{self.http_port}"
-        _wait_http(base + "/v2/health/ready", deadline, self.process, self.label, self.logfile)
-        # every model folder must be loaded, not only the server up
-        for name in _model_names(self.models):
-            _wait_http(f"{base}/v2/models/{name}/ready", deadline, self.process, self.label, self.logfile)
+        for path in self.ready_paths():
+            url = f"http://127.0.0.1:{self.http_port}{path}"
+            _wait_http(url, deadline, self.process, self.label, self.logfile)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -243,6 +259,75 @@ class MLServerPeer(Server):
 
     def log(self) -> str:
         return _tail(self.logfile, 200)
+
+
+class MLServerPeer(PeerProcess):
+    """MLServer 1.7.1 from its venv, configured through MLSERVER_* variables."""
+
+    kind = "mlserver"
+    prefix = "v2d-bench-mlserver-"
+
+    def __init__(self, label: str, python: str, models: str, parallel_workers: int, debug: bool) -> None:
+        super().__init__(label, python)
+        self.models = models
+        self.parallel_workers = parallel_workers
+        self.debug = debug
+        self.metrics_port = free_port()
+
+    def command(self) -> List[str]:
+        return [self.python, os.path.join(HERE, "mlserver", "serve.py"), self.models]
+
+    def environment(self) -> Dict[str, str]:
+        env = {k: v for k, v in super().environment().items() if not k.startswith("MLSERVER_")}
+        env.update(
+            {
+                "MLSERVER_HOST": "127.0.0.1",
+                "MLSERVER_HTTP_PORT": str(self.http_port),
+                "MLSERVER_GRPC_PORT": str(self.grpc_port),
+                "MLSERVER_METRICS_PORT": str(self.metrics_port),
+                "MLSERVER_PARALLEL_WORKERS": str(self.parallel_workers),
+                "MLSERVER_DEBUG": "true" if self.debug else "false",
+                # gRPC's default 4 MiB message limit would refuse the 64 MiB tensors.
+                "MLSERVER_GRPC_MAX_MESSAGE_LENGTH": str(1 << 30),
+                "MLSERVER_METRICS_DIR": os.path.join(self.workdir, "metrics"),
+                "MLSERVER_ENVIRONMENTS_DIR": os.path.join(self.workdir, "envs"),
+            }
+        )
+        return env
+
+    def ready_paths(self) -> List[str]:
+        # every model folder must be loaded, not only the server up
+        names = _model_names(self.models)
+        return super().ready_paths() + [f"/v2/models/{name}/ready" for name in names]
+
+
+class KServePeer(PeerProcess):
+    """KServe 0.21's model server from its venv (``benchmarks/kserve/serve.py``), its defaults
+    (one uvicorn worker, grpc.aio with 4 threads, a latency log line per request) except
+    the gRPC message limits, raised to 1 GiB for the 64 MiB tensors (its default is 8 MiB)."""
+
+    kind = "kserve"
+    prefix = "v2d-bench-kserve-"
+    #: the models ``benchmarks/models/kserve_runtimes.py`` serves
+    models = ("add-one", "echo", "slow-add-one")
+
+    def command(self) -> List[str]:
+        limit = str(1 << 30)
+        return [
+            self.python,
+            os.path.join(HERE, "kserve", "serve.py"),
+            "--http_port",
+            str(self.http_port),
+            "--grpc_port",
+            str(self.grpc_port),
+            "--grpc_max_send_message_length",
+            limit,
+            "--grpc_max_receive_message_length",
+            limit,
+        ]
+
+    def ready_paths(self) -> List[str]:
+        return super().ready_paths() + [f"/v2/models/{name}/ready" for name in self.models]
 
 
 class CeilingServer(Server):
