@@ -133,6 +133,8 @@ def encode_parameters(
 
 
 def _parameters_of(params: Mapping[str, Any], field: str) -> Optional[Parameters]:
+    if not params:
+        return None
     values = decode_parameters(params)
     if not values:
         return None
@@ -300,10 +302,10 @@ def decode_infer_request(
         )
     inputs = []
     for i, tensor in enumerate(message.inputs):
-        where = f"{prefix}inputs[{i}]"
-        if not tensor.name:
-            raise InvalidArgument(f"{where}.name is required")
-        where = f"{prefix}inputs[{i}] ('{tensor.name}')"
+        name = tensor.name
+        if not name:
+            raise InvalidArgument(f"{prefix}inputs[{i}].name is required")
+        where = f"{prefix}inputs[{i}] ('{name}')"
         datatype = tensor.datatype
         if datatype not in DATATYPES:
             raise InvalidArgument(
@@ -322,13 +324,14 @@ def decode_infer_request(
             data = _typed_data(tensor.contents, datatype, shape, where)
         else:
             raise InvalidArgument(f"{where}: no data (set contents or raw_input_contents)")
+        params = tensor.parameters
         inputs.append(
             RequestInput(
-                name=tensor.name,
+                name=name,
                 shape=shape,
                 datatype=datatype,
                 data=data,
-                parameters=_parameters_of(tensor.parameters, f"{where}."),
+                parameters=_parameters_of(params, f"{where}.") if params else None,
             )
         )
     outputs = None
