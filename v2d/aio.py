@@ -13,8 +13,9 @@ import inspect
 from typing import Any, Awaitable, Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.python.failure import Failure
 
-__all__ = ["CANCELLATIONS", "as_deferred", "call", "as_future", "ensure_future"]
+__all__ = ["CANCELLATIONS", "as_deferred", "call", "as_future", "ensure_future", "result_of"]
 
 #: What cancelled work fails with, on either side of the seam.
 CANCELLATIONS = (CancelledError, asyncio.CancelledError)
@@ -50,3 +51,37 @@ def as_future(d: Deferred, loop: Optional[asyncio.AbstractEventLoop] = None) -> 
     if loop is None:
         loop = asyncio.get_event_loop()
     return d.asFuture(loop)
+
+
+async def result_of(d: Deferred, loop: Optional[asyncio.AbstractEventLoop] = None) -> Any:
+    """
+    Await a Deferred's result from asyncio code. A Deferred that has fired already (a
+    synchronous model's answer) gives its result at once, with no Future and no trip
+    through the loop; otherwise as ``as_future`` (cancelling the awaiting task cancels it).
+    """
+    box: list = []
+
+    def settle(result: Any) -> None:
+        if box:  # a Future waits (below)
+            future = box[0]
+            if not future.done():
+                if isinstance(result, Failure):
+                    future.set_exception(result.value)
+                else:
+                    future.set_result(result)
+        else:
+            box.append(result)
+
+    d.addBoth(settle)
+    if box:
+        result = box[0]
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
+    future = (loop or asyncio.get_running_loop()).create_future()
+    box.append(future)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        d.cancel()
+        raise

@@ -133,6 +133,8 @@ def encode_parameters(
 
 
 def _parameters_of(params: Mapping[str, Any], field: str) -> Optional[Parameters]:
+    if not params:
+        return None
     values = decode_parameters(params)
     if not values:
         return None
@@ -304,10 +306,10 @@ def decode_infer_request(
     inputs = []
     raw_index = 0
     for i, tensor in enumerate(message.inputs):
-        where = f"{prefix}inputs[{i}]"
-        if not tensor.name:
-            raise InvalidArgument(f"{where}.name is required")
-        where = f"{prefix}inputs[{i}] ('{tensor.name}')"
+        name = tensor.name
+        if not name:
+            raise InvalidArgument(f"{prefix}inputs[{i}].name is required")
+        where = f"{prefix}inputs[{i}] ('{name}')"
         datatype = tensor.datatype
         if datatype not in DATATYPES:
             raise InvalidArgument(
@@ -315,7 +317,8 @@ def decode_infer_request(
             )
         shape = check_shape(list(tensor.shape), where)
         has_contents = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
-        parameters = _parameters_of(tensor.parameters, f"{where}.")
+        params = tensor.parameters
+        parameters = _parameters_of(params, f"{where}.") if params else None
         region = from_region(where, parameters) if in_regions else None
         if region is not None:
             if has_contents:
@@ -337,7 +340,7 @@ def decode_infer_request(
             raise InvalidArgument(f"{where}: no data (set contents or raw_input_contents)")
         inputs.append(
             RequestInput(
-                name=tensor.name,
+                name=name,
                 shape=shape,
                 datatype=datatype,
                 data=data,

@@ -18,7 +18,7 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
-from v2d.aio import as_future
+from v2d.aio import as_future, result_of
 from v2d.errors import InvalidArgument, NotFound, V2DError, grpc_code_name
 from v2d.grpc import _shm
 from v2d.grpc._convert import (
@@ -185,7 +185,7 @@ class InferenceServicer:
                 # the model's worker decodes, predicts and encodes: only bytes pass here
                 metadata = metadata_headers(context.invocation_metadata())
                 served = self.dataplane.infer_encoded(model, WIRE, request.data, metadata)
-                body, extra = await as_future(served)
+                body, extra = await result_of(served)
                 if extra:
                     await context.send_initial_metadata(response_metadata(extra))
                 return body if isinstance(body, bytes) else bytes(body)
@@ -197,7 +197,7 @@ class InferenceServicer:
         else:
             name, version, payload, raw = decode_infer_request(request)
         attach_headers(payload, metadata_headers(context.invocation_metadata()))
-        response = await as_future(self.dataplane.infer(name, version, payload, model))
+        response = await result_of(self.dataplane.infer(name, version, payload, model))
         headers = take_headers(response)
         body = serialize_infer_response(response, raw)
         if headers:
