@@ -3,7 +3,7 @@
 
 That module asks ``pkg_resources`` (setuptools) only for the path of its bundled C
 library; a virtualenv without setuptools gets a stand-in that answers from the
-package's own folder. Nothing else is changed.
+package's own folder, for that import only. Nothing else is changed.
 """
 
 from __future__ import annotations
@@ -25,12 +25,18 @@ def _resource_filename(package: str, name: str) -> str:
 
 def shared_memory() -> Any:
     """The ``tritonclient.utils.shared_memory`` module."""
+    stand_in = None
     try:
         import pkg_resources  # noqa: F401
     except ImportError:
         stand_in = types.ModuleType("pkg_resources")
         stand_in.resource_filename = _resource_filename  # type: ignore[attr-defined]
         sys.modules["pkg_resources"] = stand_in
-    import tritonclient.utils.shared_memory as shm
-
+    try:
+        import tritonclient.utils.shared_memory as shm
+    finally:
+        # the module keeps its own reference; others (pytest's monkeypatch among them)
+        # must not find a partial pkg_resources
+        if stand_in is not None and sys.modules.get("pkg_resources") is stand_in:
+            del sys.modules["pkg_resources"]
     return shm
