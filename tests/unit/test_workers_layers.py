@@ -329,3 +329,28 @@ def test_a_call_needing_a_missing_twisted_fails_in_one_line():
     (op, rid, error), = _child_answers(_LateTwisted, ("predict", 8, InferenceRequest()))
     assert (op, rid) == ("error", 8) and isinstance(error, errors.FailedPrecondition)
     assert str(error).startswith("model 'child-model' uses Twisted")
+
+
+def test_the_childs_reactor_is_installed_on_its_loop_only_when_imported():
+    # a process of its own: installing a reactor is global to a process
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import asyncio, sys
+        from v2d.workers._child import run_twisted
+        loop = asyncio.new_event_loop()
+        assert run_twisted(loop)
+        import twisted.internet.defer
+        assert "twisted.internet.reactor" not in sys.modules, "nothing paid before it is used"
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+        assert reactor._asyncioEventloop is loop and reactor.running
+        print(loop.run_until_complete(deferLater(reactor, 0.01, lambda: 42).asFuture(loop)))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "42"

@@ -15,9 +15,11 @@ cancels the task of a request the server gave up on. The runtime is built, loade
 and judged ready by v2d.runtimes, as in the server. Custom metrics go to the server
 ahead of the replies they came with. Errors go back as themselves (v2d.workers._errors).
 
-Where Twisted is importable, its asyncio reactor runs on the child's loop, so a
-runtime whose methods return Deferreds or use ``reactor.callLater`` works as it does
-in the server; where it is not, a runtime that imports it fails its load saying so.
+Where Twisted is importable, its asyncio reactor runs on the child's loop from the
+moment anything imports ``twisted.internet.reactor`` (so a child whose runtime never
+does pays nothing for it), and a runtime whose methods return Deferreds or use
+``reactor.callLater`` works as it does in the server; where it is not, a runtime that
+imports it fails its load saying so.
 
 The runtime's code runs as v2d.custom_metrics' current model, so ``log`` works in it
 as in the server.
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
 import inspect
 import os
 import pickle
@@ -84,22 +87,47 @@ def _awaitable(value: Any, loop: asyncio.AbstractEventLoop) -> Any:
     return done
 
 
+class _ReactorOnLoop:
+    """
+    A meta-path finder that, the first time anything imports ``twisted.internet.reactor``,
+    installs Twisted's asyncio reactor on the child's loop instead of the default one
+    (marked running, as the loop runs), and hands that reactor to the import.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != _REACTOR:
+            return None
+        sys.meta_path.remove(self)
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install(self.loop)
+        reactor = sys.modules[_REACTOR]
+        reactor.startRunning(installSignalHandlers=False)  # type: ignore[attr-defined]
+        return importlib.util.spec_from_loader(name, self)  # type: ignore[arg-type]
+
+    def create_module(self, spec: Any) -> Any:
+        return sys.modules[_REACTOR]
+
+    def exec_module(self, module: Any) -> None:
+        pass
+
+
+_REACTOR = "twisted.internet.reactor"
+
+
 def run_twisted(loop: asyncio.AbstractEventLoop) -> bool:
     """
-    Where Twisted is importable, install its asyncio reactor on ``loop`` and mark it
-    running, so a runtime's Deferreds, ``reactor.callLater`` and ``deferLater`` work
-    here as in the server; whether it did.
+    Where Twisted is importable, arrange that its reactor, once anything imports it, is
+    Twisted's asyncio reactor running on ``loop``, so a runtime's Deferreds,
+    ``reactor.callLater`` and ``deferLater`` work here as in the server; whether it did.
+    Twisted costs a child nothing (about 30 MiB) until a runtime imports its reactor.
     """
-    try:
-        from twisted.internet import asyncioreactor
-    except Exception:  # no Twisted here (or one that cannot run on asyncio)
+    if _REACTOR in sys.modules or importlib.util.find_spec("twisted") is None:
         return False
-    if "twisted.internet.reactor" in sys.modules:  # pragma: no cover - nothing imports it first
-        return False
-    asyncioreactor.install(loop)
-    from twisted.internet import reactor
-
-    reactor.startRunning(installSignalHandlers=False)  # type: ignore[attr-defined]
+    sys.meta_path.insert(0, _ReactorOnLoop(loop))
     return True
 
 
