@@ -13,6 +13,7 @@ reported as ``CANCELLED``.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Set
@@ -264,7 +265,9 @@ class DataPlane:
                     model=found.name,
                     fields=", ".join(found.settings.unknown_fields),
                 )
-            pending.append(self.registry.load(found.settings).addErrback(lambda f: None))
+            # a copy: the repository keeps what it read, and a runtime may change its settings
+            settings = copy.deepcopy(found.settings)
+            pending.append(self.registry.load(settings).addErrback(lambda f: None))
 
         def done(_: Any) -> None:
             self.started = True
