@@ -21,23 +21,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks.bodies import grpc_body  # noqa: E402
+from benchmarks.loadgen import CPUMeter, H2load, Load  # noqa: E402
+from benchmarks.servers import process_tree_cpu as cpu_seconds  # noqa: E402, F401 - a server's CPU so far
+
 SERVICE = "inference.GRPCInferenceService"
 NAME = "add-one"
 SMALL = 16
 
 
 def _messages() -> Any:
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     from v2d.grpc._messages import pb
 
     return pb
@@ -54,16 +57,13 @@ def canned_response() -> bytes:
     return message.SerializeToString()
 
 
+def _load(concurrency: int, model: str = NAME, elements: int = SMALL) -> Load:
+    return Load(model=model, transport="grpc", concurrency=concurrency, elements=elements)
+
+
 def request_frame(model: str = NAME, elements: int = SMALL) -> bytes:
     """A length-prefixed gRPC frame holding a ``ModelInferRequest`` of x FP32 [1, elements]."""
-    import numpy as np
-
-    pb = _messages()
-    message = pb.ModelInferRequest(model_name=model)
-    message.inputs.add(name="x", datatype="FP32", shape=[1, elements])
-    message.raw_input_contents.append(np.linspace(0, 1, elements, dtype=np.float32).tobytes())
-    payload = message.SerializeToString()
-    return b"\0" + len(payload).to_bytes(4, "big") + payload
+    return grpc_body(_load(1, model, elements))
 
 
 def floor_handler(body: bytes) -> Any:
@@ -81,8 +81,6 @@ def serve(port: int, interface: str) -> None:
     """Serve the floor until SIGTERM/SIGINT, on the asyncio reactor over v2d's loop."""
     from twisted.internet import asyncioreactor
 
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     from v2d.tap import new_event_loop
 
     loop = new_event_loop()  # the loop v2d runs on by default, so that the two compare
@@ -110,74 +108,22 @@ def serve(port: int, interface: str) -> None:
 # -- measuring ---------------------------------------------------------------------
 
 
-def _tree(pid: int) -> List[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    todo.extend(int(k) for k in f.read().split())
-        except OSError:
-            continue
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and its descendants, in seconds."""
-    ticks = 0
-    for p in _tree(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def h2load(address: str, frame_path: str, concurrency: int, duration: int) -> Tuple[float, int, str]:
-    """(requests/s, requests done, output) of one h2load run of ModelInfer."""
-    cmd = [
-        shutil.which("h2load") or "h2load",
-        "-D", str(duration), "-c", str(concurrency), "-m", "1", "-t", "1",
-        "-d", frame_path,
-        "-H", "content-type: application/grpc", "-H", "te: trailers",
-        f"http://{address}/{SERVICE}/ModelInfer",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    output = proc.stdout + proc.stderr
-    rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output)
-    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", output)
-    if not rate or not done:
-        raise RuntimeError(f"h2load failed: {output.strip()[-300:]}")
-    return float(rate.group(1)), int(done.group(2)), output
-
-
-def check(address: str, frame: bytes) -> None:
-    """One ModelInfer call through grpcio (h2load counts an HTTP 200 carrying a gRPC error as success)."""
-    import grpc
-
-    with grpc.insecure_channel(address) as channel:
-        channel.unary_unary(f"/{SERVICE}/ModelInfer")(frame[5:], timeout=30)
-
-
-def measure_one(pid: int, address: str, frame_path: str, concurrency: int, duration: int) -> Dict[str, float]:
-    before, t0 = cpu_seconds(pid), time.monotonic()
-    rate, done, _ = h2load(address, frame_path, concurrency, duration)
-    cpu = cpu_seconds(pid) - before
+def measure_one(pid: int, address: str, concurrency: int, duration: int) -> Dict[str, float]:
+    """One h2load run of add-one against ``address``: rate, requests, server CPU per 1,000."""
+    m = H2load(duration).run(_load(concurrency), address, CPUMeter(pid))
+    if m.error:
+        raise RuntimeError(m.error)
+    per_1k = m.server_cpu_per_1k
     return {
-        "rps": rate,
-        "requests": done,
-        "cpu_per_1000": 1000.0 * cpu / done if done else float("nan"),
-        "wall": time.monotonic() - t0,
+        "rps": m.throughput,
+        "requests": m.requests,
+        "cpu_per_1000": per_1k if per_1k is not None else float("nan"),
+        "wall": m.window_s,
     }
 
 
 class _Floor:
     def __init__(self) -> None:
-        sys.path.insert(0, ROOT)
         from tests.support.daemon import free_port
 
         self.address = f"127.0.0.1:{free_port()}"
@@ -205,7 +151,6 @@ class _Floor:
 
 
 def _v2d(workers: int, models: str) -> Any:
-    sys.path.insert(0, ROOT)
     from benchmarks.servers import V2dServer
 
     server = V2dServer(f"v2d --workers {workers}", models, workers=workers)
@@ -214,14 +159,9 @@ def _v2d(workers: int, models: str) -> Any:
 
 
 def main_measure(args: argparse.Namespace) -> None:
-    sys.path.insert(0, ROOT)
     from benchmarks.repository import write_repository
 
     work = tempfile.mkdtemp(prefix="v2d-grpc-floor-")
-    frame = request_frame()
-    frame_path = os.path.join(work, "frame")
-    with open(frame_path, "wb") as f:
-        f.write(frame)
     factories: Dict[str, Callable[[], Any]] = {
         "floor": _Floor,
         "v2d": lambda: _v2d(0, write_repository(os.path.join(work, "models"), "v2d")),
@@ -238,15 +178,16 @@ def main_measure(args: argparse.Namespace) -> None:
             pid, address = rest.split("@", 1)
             servers.append((label, type("External", (), {"pid": int(pid), "address": address})()))
         for _, server in servers:
-            check(server.address, frame)
-            for _ in range(3):  # warm up: connections, caches, the allocator
-                h2load(server.address, frame_path, 4, 1)
+            for _ in range(3):  # checked with grpcio, then warmed up: connections, caches, the allocator
+                warm = H2load(1).run(_load(4), server.address)
+                if warm.error:
+                    raise SystemExit(f"{server.address}: {warm.error}")
         print(f"{'server':<12} {'c':>3} {'req/s':>9} {'CPU s/1000 req':>15}")
         for concurrency in args.concurrency:
             for label, server in servers:
                 best: Optional[Dict[str, float]] = None
                 for _ in range(args.rounds):
-                    result = measure_one(server.pid, server.address, frame_path, concurrency, args.duration)
+                    result = measure_one(server.pid, server.address, concurrency, args.duration)
                     if best is None or result["cpu_per_1000"] < best["cpu_per_1000"]:
                         best = result
                 assert best is not None
