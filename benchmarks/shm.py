@@ -9,11 +9,9 @@ starts its own ``twistd v2d`` on loopback ports, removes the regions it creates)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from typing import Any, Callable
@@ -23,19 +21,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.support.daemon import Daemon  # noqa: E402
+from tests.support.model_folder import ECHO, write_model  # noqa: E402
 from tests.support.triton_shm import shared_memory  # noqa: E402
-
-RUNTIME = """
-from v2d import MLModel
-from v2d.types import InferenceResponse, ResponseOutput
-
-
-class Echo(MLModel):
-    def predict(self, payload):
-        x = payload.inputs[0]
-        return InferenceResponse(model_name=self.name, outputs=[
-            ResponseOutput(name="OUTPUT0", shape=x.shape, datatype=x.datatype, data=x.data)])
-"""
 
 
 def _rate(call: Callable[[], Any], seconds: float) -> float:
@@ -61,7 +48,7 @@ def measure(models: str, workers: bool, mib: int, seconds: float) -> None:
             tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
             tensor.set_data_from_numpy(data)
             result = client.infer("echo", [tensor])
-            assert result.as_numpy("OUTPUT0").shape == data.shape
+            assert result.as_numpy("y").shape == data.shape
 
         key_in, key_out = (f"/v2d-bench-{uuid.uuid4().hex[:8]}-{side}" for side in ("in", "out"))
         region_in = shm.create_shared_memory_region("bench-in", key_in, data.nbytes)
@@ -72,7 +59,7 @@ def measure(models: str, workers: bool, mib: int, seconds: float) -> None:
             client.register_system_shared_memory("bench-out", key_out, data.nbytes)
             tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
             tensor.set_shared_memory("bench-in", data.nbytes)
-            output = grpcclient.InferRequestedOutput("OUTPUT0")
+            output = grpcclient.InferRequestedOutput("y")
             output.set_shared_memory("bench-out", data.nbytes)
 
             def via_regions() -> None:
@@ -101,12 +88,7 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=64)
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as models:
-        folder = os.path.join(models, "echo")
-        os.mkdir(folder)
-        with open(os.path.join(folder, "model-settings.json"), "w") as f:
-            json.dump({"name": "echo", "implementation": "models.Echo"}, f)
-        with open(os.path.join(folder, "models.py"), "w") as f:
-            f.write(textwrap.dedent(RUNTIME))
+        write_model(models, "echo", "models.Echo", ECHO)
         for workers in (False, True):
             measure(models, workers, options.mib, options.seconds)
 
