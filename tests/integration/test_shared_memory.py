@@ -8,9 +8,7 @@ Every ``/dev/shm`` object a test creates is removed.
 
 from __future__ import annotations
 
-import json
 import os
-import textwrap
 import threading
 import time
 import uuid
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.support.daemon import Daemon
+from tests.support.model_folder import write_model
 from tests.support.perf_analyzer import find_perf_analyzer, parse_client_stats, run_perf_analyzer
 from tests.support.triton_shm import shared_memory
 
@@ -43,8 +42,6 @@ class Echo(MLModel):
 """
 
 SETTINGS = {
-    "name": "echo",
-    "implementation": "models.Echo",
     "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, 16]}],
     "outputs": [
         {"name": "OUTPUT0", "datatype": "FP32", "shape": [-1, 16]},
@@ -61,9 +58,7 @@ def shm():
 @pytest.fixture(scope="module", params=["in-process", "workers"])
 def daemon(request, tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
-    (models / "echo").mkdir()
-    (models / "echo" / "model-settings.json").write_text(json.dumps(SETTINGS))
-    (models / "echo" / "models.py").write_text(textwrap.dedent(RUNTIME))
+    write_model(models, "echo", "models.Echo", RUNTIME, **SETTINGS)
     args = ["--workers", "1"] if request.param == "workers" else []
     with Daemon(str(models), *args) as d:
         yield d
