@@ -29,12 +29,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from v2d.errors import InvalidArgument, NotFound
+from v2d.errors import InvalidArgument, NotFound, Unavailable
 from v2d.tensors import bytes_elements, flat_output, infer_datatype, output_array, pack_bytes, shape_size
 from v2d.types import DATATYPES, Parameters
 
 __all__ = [
     "BYTE_SIZE",
+    "CUDA_UNSUPPORTED",
     "EXTENSION",
     "OFFSET",
     "REGION",
@@ -47,6 +48,7 @@ __all__ = [
     "key_path",
     "mapped",
     "output_writer",
+    "require_registry",
     "write_outputs",
 ]
 
@@ -62,6 +64,8 @@ SHM_DIR = "/dev/shm"
 TARGET_ATTRIBUTE = "_v2d_region"
 #: Keys a process keeps mapped when it maps them by key (worker children).
 CACHED_KEYS = 16
+#: The answer to a CUDA shared-memory registration, on either transport.
+CUDA_UNSUPPORTED = "CUDA shared memory is not supported by this server (system shared memory is)"
 
 
 def key_path(key: str, field: str = "key") -> str:
@@ -492,3 +496,9 @@ def refuse_regions(request: Any, where: str) -> Any:
             )
     return request
 
+
+def require_registry(registry: Optional[SharedMemoryRegistry]) -> SharedMemoryRegistry:
+    """``registry``, or Unavailable when the server has no shared-memory extension."""
+    if registry is None:
+        raise Unavailable("system shared memory is not enabled on this server")
+    return registry

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
 from v2d.aio import as_future, result_of
-from v2d.errors import InvalidArgument, NotFound, V2DError, grpc_code_name
+from v2d.errors import InvalidArgument, V2DError, grpc_code_name
 from v2d.grpc import _shm
 from v2d.grpc._convert import (
     SplitInferRequest,
@@ -286,7 +286,7 @@ class InferenceServicer:
 
     @_unary
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        raise NotFound(_shm.CUDA_UNSUPPORTED)
+        return _shm.cuda_register(request)
 
     @_unary
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from v2d.errors import InvalidArgument, NotFound, Unavailable
+from v2d.errors import InvalidArgument, NotFound
 from v2d.grpc._messages import pb
-from v2d.shm import REGION, SharedMemoryRegistry
+from v2d.shm import CUDA_UNSUPPORTED, REGION, SharedMemoryRegistry, require_registry
 
 __all__ = [
-    "CUDA_UNSUPPORTED",
+    "cuda_register",
     "cuda_status",
     "cuda_unregister",
     "register",
@@ -25,8 +25,6 @@ __all__ = [
     "uses_regions",
 ]
 
-#: The answer to every CUDA shared-memory RPC.
-CUDA_UNSUPPORTED = "CUDA shared memory is not supported by this server (system shared memory is)"
 
 
 def uses_regions(message: Any) -> bool:
@@ -40,16 +38,10 @@ def uses_regions(message: Any) -> bool:
     return False
 
 
-def _registry(registry: Optional[SharedMemoryRegistry]) -> SharedMemoryRegistry:
-    if registry is None:
-        raise Unavailable("system shared memory is not enabled on this server")
-    return registry
-
-
 def status(registry: Optional[SharedMemoryRegistry], request: Any) -> Any:
     """A ``SystemSharedMemoryStatusResponse`` for a status request (one region, or all)."""
     message = pb.SystemSharedMemoryStatusResponse()
-    for entry in _registry(registry).status(request.name or None):
+    for entry in require_registry(registry).status(request.name or None):
         message.regions[entry["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**entry))
     return message
 
@@ -58,13 +50,13 @@ def register(registry: Optional[SharedMemoryRegistry], request: Any) -> Any:
     """Register the region a ``SystemSharedMemoryRegisterRequest`` describes."""
     if not request.key:
         raise InvalidArgument("key is required")
-    _registry(registry).register(request.name, request.key, request.offset, request.byte_size)
+    require_registry(registry).register(request.name, request.key, request.offset, request.byte_size)
     return pb.SystemSharedMemoryRegisterResponse()
 
 
 def unregister(registry: Optional[SharedMemoryRegistry], request: Any) -> Any:
     """Unregister one region (``name``) or every region (no name)."""
-    _registry(registry).unregister(request.name or None)
+    require_registry(registry).unregister(request.name or None)
     return pb.SystemSharedMemoryUnregisterResponse()
 
 
@@ -73,6 +65,11 @@ def cuda_status(request: Any) -> Any:
     if request.name:
         raise NotFound(f"no CUDA shared-memory region named '{request.name}': {CUDA_UNSUPPORTED}")
     return pb.CudaSharedMemoryStatusResponse()
+
+
+def cuda_register(request: Any) -> Any:
+    """Refused: CUDA shared memory is not supported."""
+    raise NotFound(CUDA_UNSUPPORTED)
 
 
 def cuda_unregister(request: Any) -> Any:

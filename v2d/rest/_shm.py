@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from v2d.errors import InvalidArgument, NotFound, Unavailable
-from v2d.shm import SharedMemoryRegistry
+from v2d.errors import InvalidArgument, NotFound
+from v2d.shm import CUDA_UNSUPPORTED, SharedMemoryRegistry, require_registry
 
 __all__ = [
-    "CUDA_UNSUPPORTED",
     "cuda_answer",
     "region_output_entry",
     "register_region",
@@ -25,8 +24,6 @@ __all__ = [
     "unregister_region",
 ]
 
-#: The answer to every CUDA shared-memory request.
-CUDA_UNSUPPORTED = "CUDA shared memory is not supported by this server (system shared memory is)"
 
 
 def region_output_entry(output: Any) -> Dict[str, Any]:
@@ -39,12 +36,6 @@ def region_output_entry(output: Any) -> Dict[str, Any]:
     return {"name": output.name, "shape": list(output.shape), "datatype": output.datatype}
 
 
-def _registry(registry: Optional[SharedMemoryRegistry]) -> SharedMemoryRegistry:
-    if registry is None:
-        raise Unavailable("system shared memory is not enabled on this server")
-    return registry
-
-
 def register_region(registry: Optional[SharedMemoryRegistry], name: str, doc: Dict[str, Any]) -> None:
     """Register region ``name`` from a parsed register body (``key``, ``offset``, ``byte_size``)."""
     key = doc.get("key")
@@ -52,17 +43,17 @@ def register_region(registry: Optional[SharedMemoryRegistry], name: str, doc: Di
         raise InvalidArgument("key is required")
     if "byte_size" not in doc:
         raise InvalidArgument("byte_size is required")
-    _registry(registry).register(name, key, doc.get("offset", 0), doc["byte_size"])
+    require_registry(registry).register(name, key, doc.get("offset", 0), doc["byte_size"])
 
 
 def region_status(registry: Optional[SharedMemoryRegistry], name: Optional[str]) -> List[Dict[str, Any]]:
     """The status array of region ``name``, or of every region."""
-    return _registry(registry).status(name)
+    return require_registry(registry).status(name)
 
 
 def unregister_region(registry: Optional[SharedMemoryRegistry], name: Optional[str]) -> None:
     """Unregister region ``name``, or every region."""
-    _registry(registry).unregister(name)
+    require_registry(registry).unregister(name)
 
 
 def cuda_answer(method: bytes, path: bytes, name: Optional[str]) -> Any:
