@@ -53,35 +53,23 @@ def as_future(d: Deferred, loop: Optional[asyncio.AbstractEventLoop] = None) -> 
     return d.asFuture(loop)
 
 
+def _kept(result: Any, box: list) -> Any:
+    box.append(result)
+    return result
+
+
 async def result_of(d: Deferred, loop: Optional[asyncio.AbstractEventLoop] = None) -> Any:
     """
     Await a Deferred's result from asyncio code. A Deferred that has fired already (a
     synchronous model's answer) gives its result at once, with no Future and no trip
     through the loop; otherwise as ``as_future`` (cancelling the awaiting task cancels it).
     """
-    box: list = []
-
-    def settle(result: Any) -> None:
-        if box:  # a Future waits (below)
-            future = box[0]
-            if not future.done():
-                if isinstance(result, Failure):
-                    future.set_exception(result.value)
-                else:
-                    future.set_result(result)
-        else:
-            box.append(result)
-
-    d.addBoth(settle)
-    if box:
-        result = box[0]
-        if isinstance(result, Failure):
-            result.raiseException()
-        return result
-    future = (loop or asyncio.get_running_loop()).create_future()
-    box.append(future)
-    try:
-        return await future
-    except asyncio.CancelledError:
-        d.cancel()
-        raise
+    fired: list = []
+    d.addBoth(_kept, fired)
+    if not fired:
+        return await as_future(d, loop or asyncio.get_running_loop())
+    result = fired[0]
+    if isinstance(result, Failure):
+        d.addErrback(lambda _: None)  # raised here: handled
+        result.raiseException()
+    return result
