@@ -19,7 +19,6 @@ __all__ = [
     "Cancelled",
     "ErrorStatus",
     "FailedPrecondition",
-    "HTTP_STATUS_OF_KIND",
     "KIND_OF_STATUS",
     "InferenceError",
     "Internal",
@@ -31,6 +30,7 @@ __all__ = [
     "ModelNotReady",
     "NotFound",
     "PayloadTooLarge",
+    "CLASS_OF_KIND",
     "STATUS_OF_KIND",
     "StatusCodeError",
     "Unavailable",
@@ -67,9 +67,6 @@ STATUS_OF_KIND: Dict[str, ErrorStatus] = {
 
 #: What a kind missing from the table (a runtime's own subclass) is answered with.
 _OTHER = STATUS_OF_KIND["INTERNAL"]
-
-#: The HTTP status of each kind (a view of ``STATUS_OF_KIND``).
-HTTP_STATUS_OF_KIND: Dict[str, int] = {kind: status.http for kind, status in STATUS_OF_KIND.items()}
 
 
 def status_of_kind(kind: str) -> ErrorStatus:
@@ -238,3 +235,19 @@ class Internal(V2DError):
 
 #: An error carrying its own HTTP status (``MLServerError`` under a name of v2d's).
 StatusCodeError = MLServerError
+
+
+#: v2d's class of each kind its classes have (an error rebuilt from its kind is one of these).
+CLASS_OF_KIND: Dict[str, type] = {
+    cls.kind: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        Unavailable,
+        FailedPrecondition,
+        PayloadTooLarge,
+        Unimplemented,
+        Cancelled,
+        Internal,
+    )
+}

@@ -64,23 +64,13 @@ def _v2d_class(cls: type) -> Any:
     return errors.V2DError
 
 
-_CLASS_OF_KIND = {
-    "INVALID_ARGUMENT": errors.InvalidArgument,
-    "NOT_FOUND": errors.NotFound,
-    "UNAVAILABLE": errors.Unavailable,
-    "FAILED_PRECONDITION": errors.FailedPrecondition,
-    "RESOURCE_EXHAUSTED": errors.PayloadTooLarge,
-    "UNIMPLEMENTED": errors.Unimplemented,
-}
-
-
 def _as_v2d_error(exc: errors.V2DError) -> errors.V2DError:
     """``exc`` (of a class v2d.errors does not define) as one of v2d's, same message, kind and status."""
     cls = _v2d_class(type(exc))
-    if exc.status_code != errors.HTTP_STATUS_OF_KIND.get(exc.kind, 500):
+    if exc.status_code != errors.status_of_kind(exc.kind).http:
         cls = errors.MLServerError  # a status of its own: REST answers with it
     elif getattr(cls, "kind", None) != exc.kind:
-        cls = _CLASS_OF_KIND.get(exc.kind, errors.Internal)
+        cls = errors.CLASS_OF_KIND.get(exc.kind, errors.Internal)
     out = cls.__new__(cls)
     if issubclass(cls, errors.MLServerError):
         errors.MLServerError.__init__(out, exc.message, exc.status_code)
