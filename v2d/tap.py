@@ -22,6 +22,7 @@ from typing import Any, Dict, List
 from twisted.application.service import IService
 from twisted.python import usage
 
+from v2d._twisted import reap_processes
 from v2d.settings import SETTINGS_FILENAME, Settings, SettingsError, mlserver_start_folder, read_env_file
 
 __all__ = ["Options", "install_asyncio_reactor", "makeService", "new_event_loop"]
@@ -84,8 +85,6 @@ def _keep_twisted_signal_wakeup(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _set_wakeup_fd(fd: int) -> None:
-    from v2d._twisted import reap_processes
-
     signal.set_wakeup_fd(fd)
     reap_processes()  # children that exited while uvloop held the wakeup fd
 
