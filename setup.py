@@ -36,6 +36,7 @@ setup(
         "grpcio>=1.66.0",
         "grpcio-health-checking>=1.66.0",
         "grpcio-reflection>=1.66.0",
+        "h2>=4.1.0",
         "protobuf>=5.27.0",
         "numpy>=1.26",
         "zope.interface>=6.0",

@@ -126,6 +126,7 @@ def _coerce(where: str, name: str, kind: Any, value: Any) -> Any:
 
 #: The asyncio loops the server can run on: ``auto`` is uvloop where it is installed.
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+GRPC_ENGINES = ("grpcio", "h2")
 
 #: Where a value came from; the higher wins: command line > environment > settings.json > defaults.
 _DEFAULT, _FILE, _ENV, _COMMAND_LINE = 0, 1, 2, 3
@@ -414,6 +415,7 @@ class Settings:
     grpc_tls_cert: Optional[str] = None
     grpc_tls_key: Optional[str] = None
     grpc_tls_client_ca: Optional[str] = None
+    grpc_engine: str = "grpcio"
     http_restricted_api: List[str] = field(default_factory=list)
     grpc_restricted_protocol: List[str] = field(default_factory=list)
     shutdown_timeout: float = 30.0
@@ -445,6 +447,7 @@ class Settings:
         "grpc_tls_cert": str,
         "grpc_tls_key": str,
         "grpc_tls_client_ca": str,
+        "grpc_engine": str,
         "http_restricted_api": list,
         "grpc_restricted_protocol": list,
         "shutdown_timeout": float,
@@ -629,6 +632,10 @@ class Settings:
             found.append("field 'max_bodies_in_flight' must be positive")
         if self.request_read_timeout < 0:
             found.append("field 'request_read_timeout' must be 0 (no limit) or more")
+        if self.grpc_engine not in GRPC_ENGINES:
+            found.append(
+                f"field 'grpc_engine' must be one of {', '.join(GRPC_ENGINES)}, got {self.grpc_engine!r}"
+            )
         if self.event_loop not in EVENT_LOOPS:
             found.append(
                 f"field 'event_loop' must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}"

@@ -205,6 +205,13 @@ class Options(usage.Options):
             "signed by one of them [default: no client certificates asked for].",
         ],
         [
+            "grpc-engine",
+            None,
+            None,
+            "What serves gRPC: grpcio (grpc.aio on the event loop) or h2 (HTTP/2 in Twisted, "
+            "cheaper per call) [default: grpcio].",
+        ],
+        [
             "shutdown-timeout",
             None,
             None,
@@ -356,6 +363,7 @@ class Options(usage.Options):
             "grpc_tls_cert": self["grpc-tls-cert"],
             "grpc_tls_key": self["grpc-tls-key"],
             "grpc_tls_client_ca": self["grpc-tls-client-ca"],
+            "grpc_engine": self["grpc-engine"],
         }
         overrides.update({key: self[key] or None for key in _RESTRICTED})
         settings = self["settings"] = Settings.load(config, environ, overrides, defaults)

@@ -16,12 +16,14 @@ from typing import Any, List, Optional
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from v2d._twisted import asyncio_loop
 from v2d.aio import as_deferred
+from v2d.grpc._h2 import H2Server, listen
 from v2d.grpc._health import ReadinessHealth
 from v2d.grpc._messages import POOL, SERVICE_NAME
 from v2d.grpc._service import InferenceServicer
@@ -114,7 +116,7 @@ class GRPCServer:
         self.dataplane = dataplane
         self.settings = settings
         self.reactor = reactor
-        self.server: Optional[grpc.aio.Server] = None
+        self.server: Optional[Any] = None  # a grpc.aio.Server, or an H2Server
         self.port: Optional[int] = None
 
     def options(self) -> List[tuple]:
@@ -126,28 +128,57 @@ class GRPCServer:
         ]
 
     def start(self) -> Deferred:
+        if self.settings.grpc_engine == "h2":
+            return defer.ensureDeferred(self._start_h2())
         return as_deferred(self._start(), loop=_loop(self.reactor))
 
-    async def _start(self) -> int:
+    def _interceptors(self) -> List[Any]:
         restrictions = Restrictions.parse(self.settings.grpc_restricted_protocol, "grpc_restricted_protocol")
-        interceptors = [RestrictedInterceptor(restrictions)] if restrictions else []
-        server = grpc.aio.server(options=self.options(), interceptors=interceptors)
+        return [RestrictedInterceptor(restrictions)] if restrictions else []
+
+    def _add_services(self, server: Any) -> None:
+        """The inference service, health and reflection, on either engine's server."""
         servicer = InferenceServicer(self.dataplane)
         server.add_generic_rpc_handlers((servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(self.dataplane), server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME], server, pool=reflection_pool()
+        names = [SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names, pool=reflection_pool()), server
         )
+
+    def _tls(self) -> Optional[tuple]:
+        """(certificate chain, key, client CA or None) as bytes, when TLS is set."""
+        if not self.settings.grpc_tls_cert:
+            return None
+        with open(self.settings.grpc_tls_cert, "rb") as f:
+            cert = f.read()
+        with open(self.settings.grpc_tls_key, "rb") as f:
+            key = f.read()
+        client_ca = None
+        if self.settings.grpc_tls_client_ca:
+            with open(self.settings.grpc_tls_client_ca, "rb") as f:
+                client_ca = f.read()
+        return cert, key, client_ca
+
+    def _listening(self, address: str) -> None:
+        self.log.info("gRPC listening on {address}{tls}", address=address, tls=_tls_note(self.settings))
+
+    async def _start_h2(self) -> int:
+        size = int(self.settings.grpc_max_message_size)
+        server = H2Server(self.reactor, max_receive=size, max_send=size, interceptors=self._interceptors())
+        self._add_services(server)
+        self.port = await listen(server, self.reactor, self.settings.grpc, self._tls())
+        self.server = server
+        self._listening(f"{self.settings.grpc} (h2)")
+        return self.port
+
+    async def _start(self) -> int:
+        server = grpc.aio.server(options=self.options(), interceptors=self._interceptors())
+        self._add_services(server)
         address = self.settings.grpc
-        if self.settings.grpc_tls_cert:
-            with open(self.settings.grpc_tls_cert, "rb") as f:
-                cert = f.read()
-            with open(self.settings.grpc_tls_key, "rb") as f:
-                key = f.read()
-            client_ca = None
-            if self.settings.grpc_tls_client_ca:
-                with open(self.settings.grpc_tls_client_ca, "rb") as f:
-                    client_ca = f.read()
+        tls = self._tls()
+        if tls is not None:
+            cert, key, client_ca = tls
             credentials = grpc.ssl_server_credentials(
                 [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
             )
@@ -158,11 +189,7 @@ class GRPCServer:
             raise RuntimeError(f"gRPC cannot listen on {address}")
         await server.start()
         self.server, self.port = server, port
-        self.log.info(
-            "gRPC listening on {address}{tls}",
-            address=address,
-            tls=_tls_note(self.settings),
-        )
+        self._listening(address)
         return port
 
     def stop(self, grace_seconds: Optional[float] = None) -> Deferred:
@@ -170,4 +197,6 @@ class GRPCServer:
         server, self.server = self.server, None
         if server is None:
             return as_deferred(None)
+        if isinstance(server, H2Server):
+            return server.stop(grace_seconds)
         return as_deferred(server.stop(grace_seconds), loop=_loop(self.reactor))

@@ -26,7 +26,6 @@ __all__ = [
 ]
 
 
-
 def uses_regions(message: Any) -> bool:
     """Whether a ``ModelInferRequest`` names a shared-memory region in an input or an output."""
     for tensor in message.inputs:

@@ -1,0 +1,890 @@
+"""
+gRPC served by Twisted itself: the ``h2`` engine (``--grpc-engine h2``).
+
+The h2 library keeps each connection's HTTP/2 state (frames, HPACK, flow control,
+settings, pings); this module adds gRPC on top: a call per stream, length-prefixed
+messages, ``grpc-timeout`` deadlines, gzip/deflate request messages, status and
+metadata in trailers. It serves the same ``grpc.RpcMethodHandler``s as grpc.aio
+(v2d's servicers, health and reflection), with a context offering what
+``grpc.aio.ServicerContext`` offers them.
+
+Why: grpc.aio hands every call between grpc's own threads and the loop, which costs
+more CPU per small call than v2d's whole handler (docs/benchmarks.md). Here a call is
+read, served and answered within one ``dataReceived`` when the model answers at once:
+a handler coroutine that never waits is run to its end in place, with no task (the
+rest of it becomes a task only when it does wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import re
+import socket
+import struct
+import time
+import zlib
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import grpc
+from h2 import events
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error, ProtocolError
+from h2.settings import SettingCodes
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["H2Server", "GRPCProtocol", "listen", "parse_timeout", "percent_encode"]
+
+log = Logger()
+
+_CONFIG = H2Configuration(
+    client_side=False,
+    header_encoding=None,  # header names and values stay bytes
+    validate_outbound_headers=False,  # ours, built below
+    normalize_outbound_headers=False,
+)
+
+#: Local settings announced to clients.
+WINDOW = 4 * 1024 * 1024
+MAX_STREAMS = 1024
+MAX_HEADER_LIST = 16 * 1024
+
+#: Request headers that are HTTP/2 or gRPC framing, not the call's metadata.
+_RESERVED = frozenset(
+    (b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding", b"content-length")
+)
+_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+_TIMEOUT = re.compile(rb"^([0-9]{1,8})([HMSmun])$")
+_PREFIX = struct.Struct(">BI")
+
+_RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
+_ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity,deflate,gzip")
+_OK_TRAILERS = ((b"grpc-status", b"0"),)
+
+
+def parse_timeout(value: bytes) -> Optional[float]:
+    """Seconds of a ``grpc-timeout`` value (``100m``, ``5S``), None if malformed."""
+    match = _TIMEOUT.match(value)
+    if match is None:
+        return None
+    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+
+
+def percent_encode(text: str) -> bytes:
+    """``grpc-message``'s encoding: UTF-8, with bytes outside 0x20-0x7E and ``%`` as ``%XX``."""
+    out = bytearray()
+    for byte in text.encode("utf-8"):
+        if 0x20 <= byte <= 0x7E and byte != 0x25:
+            out.append(byte)
+        else:
+            out += b"%%%02X" % byte
+    return bytes(out)
+
+
+def _metadata_value(key: str, value: Any) -> bytes:
+    if key.endswith("-bin"):
+        data = value if isinstance(value, (bytes, bytearray)) else str(value).encode("utf-8")
+        return base64.b64encode(bytes(data)).rstrip(b"=")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return str(value).encode("latin-1")
+
+
+def _encode_metadata(metadata: Optional[Iterable[Tuple[str, Any]]]) -> List[Tuple[bytes, bytes]]:
+    """Metadata as header pairs (``-bin`` values base64, as the protocol says)."""
+    pairs: List[Tuple[bytes, bytes]] = []
+    for key, value in metadata or ():
+        name = key.lower()
+        pairs.append((name.encode("ascii"), _metadata_value(name, value)))
+    return pairs
+
+
+def _decode_metadata(headers: Sequence[Tuple[bytes, bytes]]) -> Tuple[Tuple[str, Any], ...]:
+    pairs: List[Tuple[str, Any]] = []
+    for name, value in headers:
+        if name[:1] == b":" or name in _RESERVED:
+            continue
+        key = name.decode("ascii", "replace")
+        if key.endswith("-bin"):
+            try:
+                pairs.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
+            except ValueError:
+                continue
+        else:
+            pairs.append((key, value.decode("latin-1")))
+    return tuple(pairs)
+
+
+class _Resume:
+    """The rest of a handler coroutine that waited in its first step, as an awaitable."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Any:
+        coro, value = self.coro, self.first
+        while True:
+            try:
+                sent = yield value
+            except BaseException as e:  # a cancelled task throws into the waiting coroutine
+                try:
+                    value = coro.throw(e)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _resumed(coro: Any, first: Any) -> Any:
+    return await _Resume(coro, first)
+
+
+class _Aborted(Exception):
+    """The call ended with a status before its handler finished (deadline, reset)."""
+
+
+class Context:
+    """What a handler gets as ``context``: the part of ``grpc.aio.ServicerContext`` v2d uses."""
+
+    def __init__(self, call: "Call") -> None:
+        self._call = call
+        self._code: Optional[grpc.StatusCode] = None
+        self._details = ""
+        self._trailing: List[Tuple[bytes, bytes]] = []
+
+    def invocation_metadata(self) -> Tuple[Tuple[str, Any], ...]:
+        return self._call.metadata
+
+    async def send_initial_metadata(self, metadata: Iterable[Tuple[str, Any]]) -> None:
+        self._call.send_headers(_encode_metadata(metadata))
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Iterable[Tuple[str, Any]] = ()
+    ) -> None:
+        if code == grpc.StatusCode.OK:
+            raise grpc.aio.UsageError("abort with OK")
+        self._code, self._details = code, details
+        if trailing_metadata:
+            self._trailing = _encode_metadata(trailing_metadata)
+        raise grpc.aio.AbortError()
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> Optional[grpc.StatusCode]:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def set_trailing_metadata(self, metadata: Iterable[Tuple[str, Any]]) -> None:
+        self._trailing = _encode_metadata(metadata)
+
+    def time_remaining(self) -> Optional[float]:
+        if self._call.deadline is None:
+            return None
+        return max(0.0, self._call.deadline - time.monotonic())
+
+    def cancelled(self) -> bool:
+        return self._call.cancelled
+
+    def done(self) -> bool:
+        return self._call.ended
+
+    def peer(self) -> str:
+        return self._call.protocol.peer_name()
+
+    def peer_identities(self) -> Optional[List[bytes]]:
+        return None
+
+    def auth_context(self) -> Dict[str, Any]:
+        return {}
+
+    def add_done_callback(self, callback: Any) -> None:
+        self._call.done_callbacks.append(callback)
+
+
+class Call:
+    """One gRPC call on one HTTP/2 stream."""
+
+    def __init__(self, protocol: "GRPCProtocol", stream_id: int, method: str, headers: Any) -> None:
+        self.protocol = protocol
+        self.stream_id = stream_id
+        self.method = method
+        self.metadata = _decode_metadata(headers)
+        self.deadline: Optional[float] = None
+        self.encoding = b"identity"
+        self.buffer = bytearray()
+        self.handler: Any = None
+        self.requests: Optional[asyncio.Queue] = None  # streaming requests
+        self.message: Optional[bytes] = None  # a unary call's request
+        self.received = 0  # messages received
+        self.half_closed = False
+        self.headers_sent = False
+        self.ended = False
+        self.cancelled = False
+        self.task: Optional[asyncio.Future] = None
+        self.timer: Any = None
+        self.pending = bytearray()  # response bytes waiting for flow-control window
+        self.trailers: Optional[List[Tuple[bytes, bytes]]] = None  # to send once pending is out
+        self.drained: Optional[asyncio.Future] = None
+        self.done_callbacks: List[Any] = []
+        self.context = Context(self)
+
+    # -- responses ---------------------------------------------------------------------
+
+    def send_headers(self, extra: Sequence[Tuple[bytes, bytes]] = ()) -> None:
+        if self.headers_sent or self.ended:
+            return
+        self.headers_sent = True
+        headers = list(_RESPONSE_HEADERS)
+        headers.append(_ACCEPT_ENCODING)
+        headers.extend(extra)
+        self.protocol.conn.send_headers(self.stream_id, headers)
+
+    def send_message(self, data: bytes) -> None:
+        """Queue one serialized response message (flow control permitting, sent at once)."""
+        if self.ended:
+            return
+        limit = self.protocol.server.max_send
+        if len(data) > limit:
+            raise _StatusError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Sent message larger than max ({len(data)} vs. {limit})",
+            )
+        self.send_headers()
+        self.pending += _PREFIX.pack(0, len(data))
+        self.pending += data
+        self.flush()
+
+    def finish(
+        self, code: grpc.StatusCode, details: str = "", trailing: Sequence[Tuple[bytes, bytes]] = ()
+    ) -> None:
+        """End the call with a status (after any response bytes still queued)."""
+        if self.ended or self.trailers is not None:
+            return
+        status = code.value[0]
+        if not self.headers_sent and not self.pending:
+            # trailers-only: one HEADERS frame with the status
+            headers = list(_RESPONSE_HEADERS)
+            headers.append((b"grpc-status", b"%d" % status))
+            if details:
+                headers.append((b"grpc-message", percent_encode(details)))
+            headers.extend(trailing)
+            self.headers_sent = True
+            self.trailers = []
+            self._close(lambda: self.protocol.conn.send_headers(self.stream_id, headers, end_stream=True))
+            return
+        if status == 0 and not details and not trailing:
+            self.trailers = list(_OK_TRAILERS)
+        else:
+            self.trailers = [(b"grpc-status", b"%d" % status)]
+            if details:
+                self.trailers.append((b"grpc-message", percent_encode(details)))
+            self.trailers.extend(trailing)
+        self.flush()
+
+    def flush(self) -> None:
+        conn = self.protocol.conn
+        if self.ended:
+            return
+        try:
+            while self.pending:
+                window = min(conn.local_flow_control_window(self.stream_id), conn.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                chunk = bytes(self.pending[:window])
+                del self.pending[:window]
+                conn.send_data(self.stream_id, chunk)
+        except H2Error:
+            self.pending.clear()
+            self.abandon()
+            return
+        if not self.pending:
+            if self.drained is not None and not self.drained.done():
+                self.drained.set_result(None)
+            self.drained = None
+            if self.trailers is not None:
+                trailers = self.trailers
+                self._close(lambda: conn.send_headers(self.stream_id, trailers, end_stream=True))
+                return
+        self.protocol.write_pending()
+
+    def _close(self, send: Any) -> None:
+        try:
+            send()
+        except H2Error:
+            pass
+        self.ended = True
+        self.protocol.call_ended(self)
+        self.protocol.write_pending()
+
+    async def wait_drained(self) -> None:
+        """Wait while response bytes wait for the client's window (a slow reader)."""
+        if self.pending and not self.ended:
+            if self.drained is None:
+                self.drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self.drained)
+
+    # -- ending --------------------------------------------------------------------------
+
+    def cancel(self, code: Optional[grpc.StatusCode] = None, details: str = "") -> None:
+        """The client went away, or the deadline passed: stop the handler."""
+        if self.ended:
+            return
+        self.cancelled = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.requests is not None:
+            self.requests.put_nowait(_Aborted())
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_exception(_Aborted())
+        if code is not None:
+            self.pending.clear()
+            self.finish(code, details)
+            try:
+                self.protocol.conn.reset_stream(self.stream_id, ErrorCodes.CANCEL)
+            except H2Error:
+                pass
+            self.protocol.write_pending()
+        else:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Forget the call without answering (the stream is gone)."""
+        if not self.ended:
+            self.ended = True
+            self.protocol.call_ended(self)
+
+    def run_done_callbacks(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        callbacks, self.done_callbacks = self.done_callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self.context)
+            except Exception:
+                log.failure("a gRPC done callback failed")
+
+
+class _StatusError(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _Details:
+    """``grpc.HandlerCallDetails`` for handler lookup and interceptors."""
+
+    __slots__ = ("method", "invocation_metadata")
+
+    def __init__(self, method: str, metadata: Any) -> None:
+        self.method = method
+        self.invocation_metadata = metadata
+
+
+class GRPCProtocol(Protocol):
+    """One HTTP/2 connection carrying gRPC calls."""
+
+    def __init__(self, server: "H2Server") -> None:
+        self.server = server
+        self.conn = H2Connection(config=_CONFIG)
+        self.calls: Dict[int, Call] = {}
+        self.closing = False
+        self._peer = ""
+
+    # -- connection ----------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.server.connections.add(self)
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = getattr(peer, "host", "")
+        port = getattr(peer, "port", "")
+        self._peer = f"ipv6:[{host}]:{port}" if ":" in str(host) else f"ipv4:{host}:{port}"
+        conn = self.conn
+        conn.initiate_connection()
+        conn.update_settings(
+            {
+                SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+                SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
+                SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            }
+        )
+        conn.increment_flow_control_window(WINDOW * 4)
+        self.write_pending()
+
+    def peer_name(self) -> str:
+        return self._peer
+
+    def write_pending(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.server.connections.discard(self)
+        for call in list(self.calls.values()):
+            call.cancel()
+        self.calls.clear()
+        self.server.connection_lost(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            received = self.conn.receive_data(data)
+        except ProtocolError as e:
+            log.info("gRPC connection from {peer} closed: {error}", peer=self._peer, error=e)
+            self.write_pending()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        for event in received:
+            kind = type(event)
+            if kind is events.DataReceived:
+                self._data(event)  # type: ignore[arg-type]
+            elif kind is events.RequestReceived:
+                self._request(event)  # type: ignore[arg-type]
+            elif kind is events.StreamEnded:
+                self._ended(event.stream_id)  # type: ignore[attr-defined]
+            elif kind is events.WindowUpdated:
+                self._window(event.stream_id)  # type: ignore[attr-defined]
+            elif kind is events.StreamReset:
+                call = self.calls.get(event.stream_id)  # type: ignore[attr-defined]
+                if call is not None:
+                    call.cancel()
+            elif kind is events.ConnectionTerminated:
+                for call in list(self.calls.values()):
+                    call.cancel()
+                self.write_pending()
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            elif kind is events.TrailersReceived:
+                self._ended(event.stream_id)  # type: ignore[attr-defined]
+        self.write_pending()
+
+    def _window(self, stream_id: int) -> None:
+        if stream_id:
+            call = self.calls.get(stream_id)
+            if call is not None:
+                call.flush()
+            return
+        for call in list(self.calls.values()):
+            if call.pending:
+                call.flush()
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _request(self, event: Any) -> None:
+        stream_id = event.stream_id
+        method = path = b""
+        content_type = b""
+        timeout = encoding = None
+        for name, value in event.headers:
+            if name == b":path":
+                path = value
+            elif name == b":method":
+                method = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                timeout = value
+            elif name == b"grpc-encoding":
+                encoding = value
+        if method != b"POST":
+            self._http_refusal(stream_id, b"405")
+            return
+        if not content_type.startswith(b"application/grpc"):
+            self._http_refusal(stream_id, b"415")
+            return
+        call = Call(self, stream_id, path.decode("ascii", "replace"), event.headers)
+        self.calls[stream_id] = call
+        if self.closing or self.server.stopping:
+            call.finish(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            return
+        if encoding is not None and encoding != b"identity":
+            if encoding not in (b"gzip", b"deflate"):
+                call.finish(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"Compression algorithm '{encoding.decode('ascii', 'replace')}' is not supported",
+                )
+                return
+            call.encoding = encoding
+        if timeout is not None:
+            seconds = parse_timeout(timeout)
+            if seconds is None:
+                call.finish(grpc.StatusCode.INVALID_ARGUMENT, "malformed grpc-timeout header")
+                return
+            call.deadline = time.monotonic() + seconds
+            call.timer = self.server.reactor.callLater(
+                seconds, call.cancel, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"
+            )
+        handler = self.server.lookup(call.method, call.metadata)
+        if handler is None:
+            call.finish(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            return
+        call.handler = handler
+        if handler.request_streaming:
+            call.requests = asyncio.Queue()
+            self._start(call, self._serve(call))
+
+    def _http_refusal(self, stream_id: int, status: bytes) -> None:
+        try:
+            self.conn.send_headers(stream_id, [(b":status", status)], end_stream=True)
+        except H2Error:
+            pass
+
+    def _data(self, event: Any) -> None:
+        stream_id = event.stream_id
+        if event.flow_controlled_length:
+            try:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            except H2Error:
+                pass
+        call = self.calls.get(stream_id)
+        if call is None or call.ended or call.trailers is not None:
+            return
+        buffer = call.buffer
+        buffer += event.data
+        limit = self.server.max_receive
+        while len(buffer) >= 5:
+            flag, length = _PREFIX.unpack_from(buffer)
+            if length > limit:
+                call.cancel(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"Received message larger than max ({length} vs. {limit})",
+                )
+                return
+            if len(buffer) < 5 + length:
+                return
+            message = bytes(buffer[5 : 5 + length])
+            del buffer[: 5 + length]
+            if flag & 1:
+                try:
+                    message = self._inflate(call, message, limit)
+                except _StatusError as e:
+                    call.cancel(e.code, e.details)
+                    return
+            call.received += 1
+            if call.requests is not None:
+                call.requests.put_nowait(message)
+            elif call.received > 1:
+                call.cancel(grpc.StatusCode.UNIMPLEMENTED, "a unary call carries one request message")
+                return
+            else:
+                call.message = message  # served at the stream's end
+
+    @staticmethod
+    def _inflate(call: Call, message: bytes, limit: int) -> bytes:
+        if call.encoding == b"identity":
+            raise _StatusError(grpc.StatusCode.INTERNAL, "a compressed message without grpc-encoding")
+        wbits = 16 + zlib.MAX_WBITS if call.encoding == b"gzip" else zlib.MAX_WBITS
+        inflater = zlib.decompressobj(wbits)
+        try:
+            data = inflater.decompress(message, limit + 1)
+        except zlib.error as e:
+            raise _StatusError(
+                grpc.StatusCode.INTERNAL, f"cannot decompress the request message: {e}"
+            ) from None
+        if len(data) > limit or inflater.unconsumed_tail:
+            raise _StatusError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"Received message larger than max (more than {limit})"
+            )
+        return data
+
+    def _ended(self, stream_id: int) -> None:
+        call = self.calls.get(stream_id)
+        if call is None or call.half_closed:
+            return
+        call.half_closed = True
+        if call.ended or call.trailers is not None:
+            return
+        if call.requests is not None:
+            call.requests.put_nowait(None)
+            return
+        if call.buffer:
+            call.finish(grpc.StatusCode.INTERNAL, "the request ends inside a message")
+            return
+        if call.message is None:
+            call.finish(grpc.StatusCode.UNIMPLEMENTED, "a unary call needs one request message")
+            return
+        self._start(call, self._serve(call))
+
+    def _start(self, call: Call, coro: Any) -> None:
+        """Run ``coro`` in place up to its first wait; the rest, if any, as a task."""
+        try:
+            first = coro.send(None)
+        except StopIteration:
+            return
+        except BaseException:
+            log.failure("serving a gRPC call failed")
+            call.finish(grpc.StatusCode.INTERNAL, "internal error")
+            return
+        call.task = asyncio.ensure_future(_resumed(coro, first))
+
+    async def _serve(self, call: Call) -> None:
+        handler = call.handler
+        context = call.context
+        try:
+            if handler.request_streaming:
+                request: Any = self._request_iterator(call, handler.request_deserializer)
+            else:
+                data, call.message = call.message, None
+                deserialize = handler.request_deserializer
+                request = deserialize(data) if deserialize is not None else data
+            serialize = handler.response_serializer or (lambda m: m)
+            if handler.response_streaming:
+                behaviour = handler.stream_stream if handler.request_streaming else handler.unary_stream
+                async for response in behaviour(request, context):
+                    call.send_message(serialize(response))
+                    await call.wait_drained()
+            else:
+                behaviour = handler.stream_unary if handler.request_streaming else handler.unary_unary
+                response = await behaviour(request, context)
+                if response is not None and not call.cancelled:
+                    call.send_message(serialize(response))
+            code = context._code or grpc.StatusCode.OK
+            call.finish(code, context._details, context._trailing)
+        except grpc.aio.AbortError:
+            call.finish(context._code or grpc.StatusCode.UNKNOWN, context._details, context._trailing)
+        except _StatusError as e:
+            call.finish(e.code, e.details)
+        except (asyncio.CancelledError, _Aborted):
+            call.abandon()
+        except Exception as e:
+            log.failure("unexpected error serving {method}", method=call.method)
+            call.finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(e)}: {e}")
+        finally:
+            if call.ended:
+                call.run_done_callbacks()
+            self.write_pending()
+
+    async def _request_iterator(self, call: Call, deserialize: Any) -> Any:
+        queue = call.requests
+        assert queue is not None
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if isinstance(item, _Aborted):
+                raise asyncio.CancelledError()
+            yield deserialize(item) if deserialize is not None else item
+
+    def call_ended(self, call: Call) -> None:
+        if self.calls.get(call.stream_id) is call:
+            del self.calls[call.stream_id]
+        call.run_done_callbacks()
+        self.server.call_ended()
+        if self.closing and not self.calls:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def go_away(self) -> None:
+        """Tell the client to open no more streams here (GOAWAY); close once idle."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self.conn.close_connection(ErrorCodes.NO_ERROR)
+        except H2Error:
+            pass
+        self.write_pending()
+        if not self.calls:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def cancel_all(self, details: str) -> None:
+        for call in list(self.calls.values()):
+            call.cancel(grpc.StatusCode.UNAVAILABLE, details)
+        self.write_pending()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+def _chain(interceptor: Any, continuation: Any) -> Any:
+    async def intercepted(details: Any) -> Any:
+        return await interceptor.intercept_service(continuation, details)
+
+    return intercepted
+
+
+def _now(coro: Any) -> Any:
+    """The result of a coroutine that must not wait (v2d's own interceptors)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("a gRPC interceptor of the h2 engine waited; they must answer at once")
+
+
+@implementer(IProtocolFactory)
+class H2Server(Factory):
+    """
+    A gRPC server on Twisted endpoints. Handlers are added as on grpc.aio's server
+    (``add_generic_rpc_handlers``, ``add_registered_method_handlers``); ``stop(grace)``
+    refuses new calls (GOAWAY), lets calls in progress end for up to ``grace`` seconds,
+    then cancels the rest.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        max_receive: int = 4 * 1024 * 1024,
+        max_send: int = 4 * 1024 * 1024,
+        interceptors: Sequence[Any] = (),
+    ) -> None:
+        self.reactor = reactor
+        self.max_receive = max_receive
+        self.max_send = max_send
+        self.interceptors = list(interceptors)
+        self.generic: List[Any] = []
+        self.methods: Dict[str, Any] = {}
+        self.connections: set = set()
+        self.ports: List[Any] = []
+        self.stopping = False
+        self._idle: List[defer.Deferred] = []
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:
+        for handler in handlers:
+            table = getattr(handler, "_method_handlers", None)
+            if isinstance(table, dict):
+                self.methods.update({k: v for k, v in table.items() if k not in self.methods})
+            else:
+                self.generic.append(handler)
+
+    def add_registered_method_handlers(self, service: str, handlers: Dict[str, Any]) -> None:
+        for name, handler in handlers.items():
+            self.methods[f"/{service}/{name}"] = handler
+
+    def find(self, method: str) -> Any:
+        handler = self.methods.get(method)
+        if handler is not None:
+            return handler
+        for generic in self.generic:
+            handler = generic.service(_Details(method, ()))
+            if handler is not None:
+                return handler
+        return None
+
+    def lookup(self, method: str, metadata: Any) -> Any:
+        """The handler of ``method`` after the interceptors (None: no such method)."""
+        if not self.interceptors:
+            return self.find(method)
+
+        async def continuation(details: Any) -> Any:
+            return self.find(details.method)
+
+        chained = continuation
+        for interceptor in reversed(self.interceptors):
+            chained = _chain(interceptor, chained)
+        return _now(chained(_Details(method, metadata)))
+
+    def buildProtocol(self, addr: Any) -> GRPCProtocol:
+        return GRPCProtocol(self)
+
+    def active_calls(self) -> int:
+        return sum(len(p.calls) for p in self.connections)
+
+    def call_ended(self) -> None:
+        if self._idle and self.active_calls() == 0:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def connection_lost(self, protocol: GRPCProtocol) -> None:
+        self.call_ended()
+
+    def stop(self, grace: Optional[float]) -> defer.Deferred:
+        """Refuse new calls; fire when every call has ended (cancelled after ``grace``)."""
+        self.stopping = True
+        for port in self.ports:
+            port.stopListening()
+        self.ports = []
+        for protocol in list(self.connections):
+            protocol.go_away()
+        if self.active_calls() == 0:
+            return defer.succeed(None)
+        idle: defer.Deferred = defer.Deferred()
+        self._idle.append(idle)
+
+        def cancel_rest() -> None:
+            for protocol in list(self.connections):
+                protocol.cancel_all("the server is shutting down")
+
+        if grace is not None:
+            timer = self.reactor.callLater(grace, cancel_rest)
+            idle.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        else:
+            cancel_rest()
+        return idle
+
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def _certificates(pem: bytes, what: str) -> List[ssl.Certificate]:
+    blocks = _PEM_CERT.findall(pem)
+    if not blocks:
+        raise ValueError(f"{what} holds no PEM certificate")
+    return [ssl.Certificate.loadPEM(block) for block in blocks]
+
+
+def tls_options(cert: bytes, key: bytes, client_ca: Optional[bytes]) -> ssl.CertificateOptions:
+    """TLS for gRPC: the chain and key, ALPN ``h2``, client certificates when a CA is given."""
+    chain = _certificates(cert, "the gRPC TLS certificate")
+    private = ssl.KeyPair.load(key, ssl.crypto.FILETYPE_PEM)  # type: ignore[attr-defined]
+    extra: Dict[str, Any] = {}
+    if client_ca is not None:
+        extra["trustRoot"] = ssl.trustRootFromCertificates(_certificates(client_ca, "the gRPC client CA"))
+        extra["requireCertificate"] = True
+    return ssl.CertificateOptions(
+        privateKey=private.original,
+        certificate=chain[0].original,
+        extraCertChain=[c.original for c in chain[1:]],
+        acceptableProtocols=[b"h2"],
+        **extra,
+    )
+
+
+def _endpoint(reactor: Any, address: str) -> Any:
+    """A TCP endpoint for a gRPC ``host:port`` (``[::]:port`` for IPv6)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"gRPC address {address!r} is not host:port")
+    host = host.strip("[]") or "0.0.0.0"
+    port = int(port_text)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = ipaddress.ip_address(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
+    if ip.version == 6:
+        return TCP6ServerEndpoint(reactor, port, interface=str(ip))
+    return TCP4ServerEndpoint(reactor, port, interface=str(ip))
+
+
+async def listen(server: H2Server, reactor: Any, address: str, tls: Optional[tuple] = None) -> int:
+    """Listen on ``address`` (TLS: (chain, key, client CA or None) as PEM bytes); the port."""
+    factory: Any = server
+    if tls is not None:
+        factory = TLSMemoryBIOFactory(tls_options(*tls), False, server)
+    port = await _endpoint(reactor, address).listen(factory)
+    server.ports.append(port)
+    return int(port.getHost().port)
