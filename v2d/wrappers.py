@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any, Callable, Dict, Generator, List, Optional
 
 import attrs
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -39,7 +39,7 @@ from v2d.importer import ModelNamespace
 from v2d.interfaces import ICustomHandlers, IModel, IModelFactory
 from v2d.runtimes import build_runtime, is_streaming, mark_loaded
 from v2d.settings import ModelSettings
-from v2d.types import InferenceRequest, MetadataModelResponse
+from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
 __all__ = ["LocalModel", "LocalModelFactory", "LoopWatch", "ModelThreads", "build_runtime"]
 
@@ -94,7 +94,7 @@ class LoopWatch:
         if self.threshold > 0 and held > self.threshold:
             self.log.warn(
                 "model {model}: {method} blocked the event loop for {seconds:.2f} s (no request, health "
-                "check or other model was served meanwhile); make it async, or set \"run_in_thread\": "
+                'check or other model was served meanwhile); make it async, or set "run_in_thread": '
                 "true in its model-settings.json",
                 model=model,
                 method=method,
@@ -110,9 +110,11 @@ class LoopWatch:
             self.check(model, method, started)
             return fail()
         self.check(model, method, started)
-        if inspect.isawaitable(result) and not isinstance(result, Deferred):
-            result = _Timed(result, lambda began: self.check(model, method, began), self.clock)
-        return as_deferred(result)
+        if isinstance(result, Deferred):
+            return result
+        if type(result) is not InferenceResponse and inspect.isawaitable(result):
+            return as_deferred(_Timed(result, lambda began: self.check(model, method, began), self.clock))
+        return succeed(result)
 
 
 class _Timed:
