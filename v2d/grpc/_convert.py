@@ -415,11 +415,28 @@ def serialize_infer_response(response: InferenceResponse, raw: bool) -> bytes:
     The wire bytes of ``encode_infer_response(response, raw)``, with each raw output
     copied once: the message is serialized without its raw contents, and they are
     appended as field entries (protobuf allows a repeated field's entries anywhere).
+    In raw form, the message's fields before its outputs and each output's entry are
+    protobuf's own serialization of them alone, kept for the next response that has
+    the same (see ``_remembered``): fields serialize in the order of their numbers, so
+    the pieces joined are the bytes of the whole message.
     """
-    message, chunks = _build_infer_response(response, raw)
-    if not chunks:
+    message = None
+    if response.id or response.parameters is not None:
+        message = _head_message(response)
+    else:  # the same for every response of this model version
+        head = _remembered(("head", response.model_name, response.model_version), _serialized_head, response)
+    prepared = _prepared_outputs(response)
+    if not _raw_form(raw, prepared):
+        if message is None:
+            message = _head_message(response)
+        for item in prepared:
+            _add_output(message, item, True)
         return message.SerializeToString()
-    parts: List[Any] = [message.SerializeToString()]
+    parts: List[Any] = [head if message is None else message.SerializeToString()]
+    chunks: List[Any] = []
+    for item in prepared:
+        parts.append(_output_entry(item))
+        chunks.append(_raw_chunk(item))
     for chunk in chunks:
         parts.append(_RAW_OUTPUT_TAG + _varint(len(chunk)))
         parts.append(chunk)
@@ -428,30 +445,119 @@ def serialize_infer_response(response: InferenceResponse, raw: bool) -> bytes:
 
 def _build_infer_response(response: InferenceResponse, raw: bool) -> Tuple[Any, List[Any]]:
     """The response message without raw contents, and the raw contents (buffers)."""
+    message = _head_message(response)
+    prepared = _prepared_outputs(response)
+    use_raw = _raw_form(raw, prepared)
+    chunks: List[Any] = []
+    for item in prepared:
+        _add_output(message, item, not use_raw)
+        if use_raw:
+            chunks.append(_raw_chunk(item))
+    return message, chunks
+
+
+#: An output made ready for the wire: (output, datatype, shape, flat data or None if
+#: written to a shared-memory region, numeric).
+_Prepared = Tuple[Any, str, List[int], Any, bool]
+
+
+def _head_message(response: InferenceResponse) -> Any:
+    """The response message with the fields before its outputs (parameters without headers)."""
     message = pb.ModelInferResponse(
         model_name=response.model_name or "",
         model_version=response.model_version or "",
         id=response.id or "",
     )
     encode_parameters(message.parameters, response.parameters, "response", skip=("headers",))
-    prepared: List[Any] = []
+    return message
+
+
+def _prepared_outputs(response: InferenceResponse) -> List[_Prepared]:
+    prepared: List[_Prepared] = []
     for output in response.outputs:
         if type(output.data) is WrittenToRegion:
             prepared.append((output, output.datatype, list(output.shape), None, False))
             continue
         prepared.append((output, *prepare_output(output)))
-    use_raw = raw or any(TYPED_FIELD[p[1]] is None for p in prepared if p[3] is not None)
-    chunks: List[Any] = []
-    for output, datatype, shape, flat, numeric in prepared:
-        tensor = message.outputs.add(name=output.name, datatype=datatype, shape=shape)
-        encode_parameters(tensor.parameters, output.parameters, f"output '{output.name}'")
-        if flat is None:
-            if use_raw:  # written to a shared-memory region: an empty entry keeps the positions
-                chunks.append(b"")
-        elif use_raw:
-            chunks.append(memoryview(flat).cast("B") if numeric else pack_bytes(flat))
-        elif numeric:
-            getattr(tensor.contents, TYPED_FIELD[datatype]).extend(flat.tolist())  # type: ignore[arg-type]
-        else:
-            tensor.contents.bytes_contents.extend(_bytes_item(item) for item in flat)
-    return message, chunks
+    return prepared
+
+
+def _raw_form(raw: bool, prepared: List[_Prepared]) -> bool:
+    """Whether the outputs go as raw contents: asked for, or a datatype without typed contents."""
+    return raw or any(TYPED_FIELD[p[1]] is None for p in prepared if p[3] is not None)
+
+
+def _add_output(message: Any, item: _Prepared, typed: bool) -> None:
+    """Add an output to ``message``, with its typed contents if ``typed``."""
+    output, datatype, shape, flat, numeric = item
+    tensor = message.outputs.add(name=output.name, datatype=datatype, shape=shape)
+    encode_parameters(tensor.parameters, output.parameters, f"output '{output.name}'")
+    if not typed or flat is None:
+        return
+    if numeric:
+        getattr(tensor.contents, TYPED_FIELD[datatype]).extend(flat.tolist())  # type: ignore[arg-type]
+    else:
+        tensor.contents.bytes_contents.extend(_bytes_item(value) for value in flat)
+
+
+def _raw_chunk(item: _Prepared) -> Any:
+    """An output's raw contents (an empty entry, keeping the positions, for one written to a region)."""
+    _, _, _, flat, numeric = item
+    if flat is None:
+        return b""
+    return memoryview(flat).cast("B") if numeric else pack_bytes(flat)
+
+
+def _serialized_head(response: InferenceResponse) -> bytes:
+    return _head_message(response).SerializeToString()
+
+
+def _output_entry(item: _Prepared) -> bytes:
+    """The serialized ``outputs`` entry of an output in raw form (contents apart)."""
+    output, datatype, shape, flat, _ = item
+    params = _parameters_key(output.parameters)
+    if flat is None or params is None or type(output.name) is not str:
+        return _serialized_output(item)
+    return _remembered(("output", output.name, datatype, tuple(shape), params), _serialized_output, item)
+
+
+def _serialized_output(item: _Prepared) -> bytes:
+    message = pb.ModelInferResponse()
+    _add_output(message, item, False)
+    return message.SerializeToString()
+
+
+#: Parameter values whose (type, value) decides their serialization (floats do not: 0.0 == -0.0).
+_KEYED_TYPES = (str, bool, int)
+
+
+def _parameters_key(params: Optional[Parameters]) -> Optional[tuple]:
+    """The parameters as part of a key: ((name, type, value), ...); None if they cannot be one."""
+    if params is None:
+        return ()
+    items = params.to_dict().items()
+    for _, value in items:
+        if type(value) not in _KEYED_TYPES:
+            return None
+    return tuple((key, type(value), value) for key, value in items)
+
+
+#: The serialized pieces of responses, by what they were made of (``_remembered``).
+_PIECES: Dict[tuple, bytes] = {}
+
+#: At most this many pieces are kept; when full, all are forgotten.
+MOST_PIECES = 1024
+
+
+def _remembered(key: tuple, build: Any, arg: Any) -> bytes:
+    """``build(arg)``, kept under ``key`` for the next call; built each time if ``key`` is unhashable."""
+    try:
+        found = _PIECES.get(key)
+    except TypeError:
+        return build(arg)
+    if found is None:
+        found = build(arg)
+        if len(_PIECES) >= MOST_PIECES:
+            _PIECES.clear()
+        _PIECES[key] = found
+    return found
