@@ -37,9 +37,6 @@ from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
 __all__ = ["DataPlane", "ResponseStream"]
 
-#: A fired Deferred's result that is not a value: a failure, or a Deferred it waits on.
-_PENDING_OR_FAILED = (Failure, Deferred)
-
 
 @implementer(IDataPlane)
 @attrs.define(eq=False)
@@ -155,8 +152,9 @@ class DataPlane:
         except BaseException:
             d = Deferred()
             d.errback()
-        if d.called and not d.paused and not isinstance(d.result, _PENDING_OR_FAILED):
-            # answered already (a synchronous model): finished here, without a callback chain
+        if d.called and not d.paused and not isinstance(d.result, Failure):
+            # answered already (a synchronous model): finished here, without a callback chain (a
+            # Deferred waiting on another is paused, its result that other)
             return self._finish_now(d.result, model, started, complete)
         self._calls.add(d)
         if complete is not None:

@@ -110,9 +110,11 @@ class LoopWatch:
             self.check(model, method, started)
             return fail()
         self.check(model, method, started)
+        if type(result) is InferenceResponse:  # the usual answer: asked first (Deferred is an ABC)
+            return succeed(result)
         if isinstance(result, Deferred):
             return result
-        if type(result) is not InferenceResponse and inspect.isawaitable(result):
+        if inspect.isawaitable(result):
             return as_deferred(_Timed(result, lambda began: self.check(model, method, began), self.clock))
         return succeed(result)
 

@@ -151,15 +151,18 @@ def metadata_headers(metadata: Optional[Sequence[Tuple[str, Any]]]) -> HeaderDic
     headers = HeaderDict()
     for key, value in metadata or ():
         name = key.lower()
-        if name.startswith(":") or name in _TRANSPORT_METADATA:
+        if name in _TRANSPORT_METADATA or name.startswith(":"):
             continue
         if isinstance(value, bytes):
             value = value.decode("latin-1")
-        if name in headers:
-            headers[name] = f"{headers[name]}, {value}"
-        else:
-            headers[name] = value
+        # the name is lower-cased already: the plain dict's methods, without HeaderDict's
+        if _has(headers, name):
+            value = f"{_get(headers, name)}, {value}"
+        _put(headers, name, value)
     return headers
+
+
+_has, _get, _put = dict.__contains__, dict.__getitem__, dict.__setitem__
 
 
 def response_metadata(headers: Optional[Mapping[str, Any]]) -> List[Tuple[str, Any]]:
@@ -295,17 +298,18 @@ def decode_infer_request(
     if raw_contents is None:
         raw_contents = message.raw_input_contents
     raw = len(raw_contents) > 0
+    tensors = list(message.inputs)
     # inputs in shared-memory regions have no raw contents entry (as Triton's clients send them)
-    in_regions = [i for i, tensor in enumerate(message.inputs) if "shared_memory_region" in tensor.parameters]
-    if raw and len(raw_contents) != len(message.inputs) - len(in_regions):
+    in_regions = [i for i, tensor in enumerate(tensors) if "shared_memory_region" in tensor.parameters]
+    if raw and len(raw_contents) != len(tensors) - len(in_regions):
         raise InvalidArgument(
             f"{prefix}raw_input_contents has {len(raw_contents)} entries but there are "
-            f"{len(message.inputs) - len(in_regions)} inputs not in shared memory "
+            f"{len(tensors) - len(in_regions)} inputs not in shared memory "
             "(one entry per input, in order)"
         )
     inputs = []
     raw_index = 0
-    for i, tensor in enumerate(message.inputs):
+    for i, tensor in enumerate(tensors):
         name = tensor.name
         if not name:
             raise InvalidArgument(f"{prefix}inputs[{i}].name is required")
@@ -315,7 +319,7 @@ def decode_infer_request(
             raise InvalidArgument(
                 f"{where}.datatype: unknown datatype {datatype!r} (expected one of {', '.join(DATATYPES)})"
             )
-        shape = check_shape(list(tensor.shape), where)
+        shape = check_shape(tensor.shape[:], where)  # a list
         has_contents = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
         params = tensor.parameters
         parameters = _parameters_of(params, f"{where}.") if params else None
@@ -359,9 +363,10 @@ def decode_infer_request(
                     parameters=_parameters_of(requested.parameters, f"{prefix}outputs[{i}]."),
                 )
             )
+    params = message.parameters
     request = InferenceRequest(
         id=message.id or None,
-        parameters=_parameters_of(message.parameters, prefix),
+        parameters=_parameters_of(params, prefix) if params else None,
         inputs=inputs,
         outputs=outputs,
     )
