@@ -395,3 +395,14 @@ def test_serializing_fails_as_building_the_message_does(response):
         with pytest.raises(Internal) as serialized:
             serialize_infer_response(response, True)
         assert str(serialized.value) == str(built.value)
+
+
+def test_metadata_headers_are_a_header_dict():
+    from v2d.types import HeaderDict
+
+    headers = metadata_headers(
+        [("X-Id", "1"), ("x-id", "2"), ("user-agent", "u"), (":path", "/p"), ("te", "t")]
+    )
+    assert type(headers) is HeaderDict and headers == {"x-id": "1, 2", "user-agent": "u"}
+    assert headers["X-ID"] == "1, 2" and "User-Agent" in headers
+    assert type(metadata_headers(None)) is HeaderDict and metadata_headers(()) == {}

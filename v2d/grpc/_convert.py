@@ -148,7 +148,7 @@ def _parameters_of(params: Mapping[str, Any], field: str) -> Optional[Parameters
 
 def metadata_headers(metadata: Optional[Sequence[Tuple[str, Any]]]) -> HeaderDict:
     """Invocation metadata as headers (transport metadata left out; binary values as latin-1)."""
-    headers = HeaderDict()
+    headers = _new_headers(HeaderDict)  # empty: HeaderDict's __init__ has nothing to do
     for key, value in metadata or ():
         name = key.lower()
         if name in _TRANSPORT_METADATA or name.startswith(":"):
@@ -162,7 +162,7 @@ def metadata_headers(metadata: Optional[Sequence[Tuple[str, Any]]]) -> HeaderDic
     return headers
 
 
-_has, _get, _put = dict.__contains__, dict.__getitem__, dict.__setitem__
+_new_headers, _has, _get, _put = dict.__new__, dict.__contains__, dict.__getitem__, dict.__setitem__
 
 
 def response_metadata(headers: Optional[Mapping[str, Any]]) -> List[Tuple[str, Any]]:
