@@ -406,3 +406,34 @@ def test_metadata_headers_are_a_header_dict():
     assert type(headers) is HeaderDict and headers == {"x-id": "1, 2", "user-agent": "u"}
     assert headers["X-ID"] == "1, 2" and "User-Agent" in headers
     assert type(metadata_headers(None)) is HeaderDict and metadata_headers(()) == {}
+
+
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16383, 16384, 2_097_152])
+def test_raw_output_entries_are_framed_as_protobuf_frames_them(n):
+    from v2d.grpc._convert import _RAW_OUTPUT_TAG, _varint
+
+    message = pb.ModelInferResponse()
+    message.raw_output_contents.append(b"x" * n)
+    assert _RAW_OUTPUT_TAG + _varint(n) + b"x" * n == message.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "inputs, outputs, error",
+    [
+        (["a"], [], None),
+        (["a"], ["y"], None),
+        (["a", "b"], ["y", "z"], None),
+        (["a", "a"], [], "inputs[1].name: input 'a' is given more than once"),
+        (["a"], ["y", "y"], "outputs[1].name: output 'y' is given more than once"),
+    ],
+)
+def test_repeated_names_are_refused(inputs, outputs, error):
+    message = raw_request(*[(name, "FP32", [1], b"\0\0\0\0") for name in inputs])
+    for name in outputs:
+        message.outputs.add(name=name)
+    if error is None:
+        decode_infer_request(message)
+        return
+    with pytest.raises(InvalidArgument) as e:
+        decode_infer_request(message)
+    assert str(e.value) == error

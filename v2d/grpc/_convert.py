@@ -370,7 +370,8 @@ def decode_infer_request(
         inputs=inputs,
         outputs=outputs,
     )
-    check_names(request)
+    if len(inputs) > 1 or (outputs is not None and len(outputs) > 1):  # else no two names to compare
+        check_names(request)
     # raw when every input came raw or from a region (none typed), as Triton answers
     return message.model_name, message.model_version or None, request, raw or len(in_regions) == len(inputs)
 
@@ -399,11 +400,16 @@ def encode_infer_response(response: InferenceResponse, raw: bool) -> Any:
     return message
 
 
+#: The varints of 0 to 127: one byte each.
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
 #: The tag of ``ModelInferResponse.raw_output_contents`` (field 6, length-delimited).
 _RAW_OUTPUT_TAG = b"\x32"
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _ONE_BYTE[n]
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -533,18 +539,18 @@ def _serialized_output(item: _Prepared) -> bytes:
 
 
 #: Parameter values whose (type, value) decides their serialization (floats do not: 0.0 == -0.0).
-_KEYED_TYPES = (str, bool, int)
+_KEYED_TYPES = frozenset((str, bool, int))
 
 
 def _parameters_key(params: Optional[Parameters]) -> Optional[tuple]:
-    """The parameters as part of a key: ((name, type, value), ...); None if they cannot be one."""
+    """The parameters as part of a key: (items, their types); None if they cannot be one."""
     if params is None:
         return ()
-    items = params.to_dict().items()
-    for _, value in items:
-        if type(value) not in _KEYED_TYPES:
-            return None
-    return tuple((key, type(value), value) for key, value in items)
+    values = params.to_dict()
+    kinds = tuple(map(type, values.values()))
+    if not _KEYED_TYPES.issuperset(kinds):
+        return None
+    return (tuple(values.items()), kinds)
 
 
 #: The serialized pieces of responses, by what they were made of (``_remembered``).
