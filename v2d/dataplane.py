@@ -35,7 +35,21 @@ from v2d.shm import refuse_regions, write_outputs
 from v2d.tensors import check_requested_outputs
 from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataServerResponse
 
-__all__ = ["DataPlane", "ResponseStream"]
+__all__ = ["NOT_ANSWERED", "DataPlane", "ResponseStream", "answer_of"]
+
+#: What ``answer_of`` gives for a Deferred that has no value (yet).
+NOT_ANSWERED: Any = object()
+
+
+def answer_of(d: Deferred) -> Any:
+    """
+    The value ``d`` has fired with, or ``NOT_ANSWERED`` if it has not fired, waits on
+    another Deferred (it is paused then) or failed: a synchronous model's answer,
+    taken without a callback.
+    """
+    if d.called and not d.paused and not isinstance(d.result, Failure):
+        return d.result
+    return NOT_ANSWERED
 
 
 @implementer(IDataPlane)
@@ -152,10 +166,9 @@ class DataPlane:
         except BaseException:
             d = Deferred()
             d.errback()
-        if d.called and not d.paused and not isinstance(d.result, Failure):
-            # answered already (a synchronous model): finished here, without a callback chain (a
-            # Deferred waiting on another is paused, its result that other)
-            return self._finish_now(d.result, model, started, complete)
+        answer = answer_of(d)
+        if answer is not NOT_ANSWERED:  # a synchronous model's: finished here, without a callback chain
+            return self._finish_now(answer, model, started, complete)
         self._calls.add(d)
         if complete is not None:
             d.addCallback(complete)

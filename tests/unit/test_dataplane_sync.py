@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from v2d.dataplane import DataPlane
+from v2d.dataplane import NOT_ANSWERED, DataPlane, answer_of
 from v2d.errors import InvalidArgument, V2DError
 from v2d.interfaces import IModel
 from v2d.types import InferenceRequest, InferenceResponse, RequestInput, RequestOutput, ResponseOutput
@@ -157,3 +157,14 @@ def test_a_chained_deferred_that_has_not_fired_is_waited_for():
     assert plane.inflight == 1 and out == []
     inner.callback(_response())
     assert isinstance(out[0], InferenceResponse) and plane.inflight == 0
+
+
+def test_answer_of_gives_only_a_value_a_deferred_has_fired_with():
+    assert answer_of(succeed(5)) == 5
+    assert answer_of(succeed(None)) is None
+    assert answer_of(Deferred()) is NOT_ANSWERED
+    failed = fail(ValueError("x"))
+    assert answer_of(failed) is NOT_ANSWERED
+    failed.addErrback(lambda _: None)
+    waiting = succeed(1).addCallback(lambda _: Deferred())  # paused, waiting on another
+    assert answer_of(waiting) is NOT_ANSWERED
