@@ -173,7 +173,7 @@ class LocalModel:
     @property
     def in_thread(self) -> bool:
         """Whether synchronous methods run in the service's threads (``run_in_thread``)."""
-        return self.threads is not None and bool(getattr(self.settings, "run_in_thread", False))
+        return self.threads is not None and bool(getattr(self.runtime.settings, "run_in_thread", False))
 
     def _call(self, method: str, fn: Any, *args: Any) -> Deferred:
         """Call a runtime method as the current model (tasks it starts keep that)."""
@@ -189,7 +189,7 @@ class LocalModel:
         with model_context(context):
             if self.watch is None:
                 return call(fn, *args)
-            return self.watch.call(self.name, method, fn, *args)
+            return self.watch.call(self.runtime.name, method, fn, *args)
 
     @property
     def name(self) -> str:

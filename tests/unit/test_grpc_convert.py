@@ -16,7 +16,7 @@ from v2d.grpc._convert import (
 )
 from v2d.grpc._messages import pb
 from v2d.tensors import pack_bytes
-from v2d.types import DATATYPES, InferenceResponse, Parameters, ResponseOutput
+from v2d.types import DATATYPES, DECODED_PARAMETER, InferenceResponse, Parameters, ResponseOutput
 
 NUMERIC = [d for d, dtype in DATATYPES.items() if dtype is not None]
 
@@ -306,6 +306,10 @@ def _responses_alike_but_for_one_thing():
         response(Parameters(content_type="np")),
         response(Parameters(content_type="np")),
         response(Parameters(content_type="pd")),
+        response(Parameters(content_type="np", x=None)),  # None values are not sent
+        response(Parameters(x=None)),
+        response(Parameters(tag="a", content_type="np")),  # the same items in another order
+        response(Parameters(content_type="np", **{DECODED_PARAMETER: object()})),  # never sent
         response(Parameters(flag=True)),
         response(Parameters(flag=1)),  # equal to True, not the same on the wire
         response(Parameters(flag=2**63)),  # uint64

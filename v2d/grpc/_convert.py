@@ -538,15 +538,19 @@ def _serialized_output(item: _Prepared) -> bytes:
     return message.SerializeToString()
 
 
-#: Parameter values whose (type, value) decides their serialization (floats do not: 0.0 == -0.0).
-_KEYED_TYPES = frozenset((str, bool, int))
+#: Parameter values whose (type, value) decides their serialization (floats do not: 0.0 == -0.0);
+#: None values are left out of it.
+_KEYED_TYPES = frozenset((str, bool, int, type(None)))
 
 
 def _parameters_key(params: Optional[Parameters]) -> Optional[tuple]:
-    """The parameters as part of a key: (items, their types); None if they cannot be one."""
+    """
+    The parameters as part of a key: their attributes in order and the types of their
+    values (``to_dict`` is made of these); None if they cannot be one.
+    """
     if params is None:
         return ()
-    values = params.to_dict()
+    values = vars(params)
     kinds = tuple(map(type, values.values()))
     if not _KEYED_TYPES.issuperset(kinds):
         return None
