@@ -19,7 +19,7 @@ import time
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Set
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,7 +35,21 @@ from v2d.shm import refuse_regions, write_outputs
 from v2d.tensors import check_requested_outputs
 from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataServerResponse
 
-__all__ = ["DataPlane", "ResponseStream"]
+__all__ = ["NOT_ANSWERED", "DataPlane", "ResponseStream", "answer_of"]
+
+#: What ``answer_of`` gives for a Deferred that has no value (yet).
+NOT_ANSWERED: Any = object()
+
+
+def answer_of(d: Deferred) -> Any:
+    """
+    The value ``d`` has fired with, or ``NOT_ANSWERED`` if it has not fired, waits on
+    another Deferred (it is paused then) or failed: a synchronous model's answer,
+    taken without a callback.
+    """
+    if d.called and not d.paused and not isinstance(d.result, Failure):
+        return d.result
+    return NOT_ANSWERED
 
 
 @implementer(IDataPlane)
@@ -152,6 +166,9 @@ class DataPlane:
         except BaseException:
             d = Deferred()
             d.errback()
+        answer = answer_of(d)
+        if answer is not NOT_ANSWERED:  # a synchronous model's: finished here, without a callback chain
+            return self._finish_now(answer, model, started, complete)
         self._calls.add(d)
         if complete is not None:
             d.addCallback(complete)
@@ -159,6 +176,20 @@ class DataPlane:
         if self.observer is not None:
             d.addBoth(self._observe, model, started)
         return d
+
+    def _finish_now(
+        self, result: Any, model: Any, started: float, complete: Optional[Callable[[Any], Any]]
+    ) -> Deferred:
+        """``_serve``'s callbacks, run at once on a model's result: the same outcome, as a fired Deferred."""
+        if complete is not None:
+            try:
+                result = complete(result)
+            except BaseException:
+                result = Failure()
+        result = self._finish(result, model)
+        if self.observer is not None:
+            self._observe(result, model, started)
+        return fail(result) if isinstance(result, Failure) else succeed(result)
 
     def _observe(self, result: Any, model: Any, started: float) -> Any:
         kind = result.value.kind if isinstance(result, Failure) else None  # type: ignore[union-attr]

@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any, Callable, Dict, Generator, List, Optional
 
 import attrs
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -39,7 +39,7 @@ from v2d.importer import ModelNamespace
 from v2d.interfaces import ICustomHandlers, IModel, IModelFactory
 from v2d.runtimes import build_runtime, is_streaming, mark_loaded
 from v2d.settings import ModelSettings
-from v2d.types import InferenceRequest, MetadataModelResponse
+from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
 __all__ = ["LocalModel", "LocalModelFactory", "LoopWatch", "ModelThreads", "build_runtime"]
 
@@ -94,7 +94,7 @@ class LoopWatch:
         if self.threshold > 0 and held > self.threshold:
             self.log.warn(
                 "model {model}: {method} blocked the event loop for {seconds:.2f} s (no request, health "
-                "check or other model was served meanwhile); make it async, or set \"run_in_thread\": "
+                'check or other model was served meanwhile); make it async, or set "run_in_thread": '
                 "true in its model-settings.json",
                 model=model,
                 method=method,
@@ -110,9 +110,13 @@ class LoopWatch:
             self.check(model, method, started)
             return fail()
         self.check(model, method, started)
-        if inspect.isawaitable(result) and not isinstance(result, Deferred):
-            result = _Timed(result, lambda began: self.check(model, method, began), self.clock)
-        return as_deferred(result)
+        if type(result) is InferenceResponse:  # the usual answer: asked first (Deferred is an ABC)
+            return succeed(result)
+        if isinstance(result, Deferred):
+            return result
+        if inspect.isawaitable(result):
+            return as_deferred(_Timed(result, lambda began: self.check(model, method, began), self.clock))
+        return succeed(result)
 
 
 class _Timed:
@@ -169,7 +173,7 @@ class LocalModel:
     @property
     def in_thread(self) -> bool:
         """Whether synchronous methods run in the service's threads (``run_in_thread``)."""
-        return self.threads is not None and bool(getattr(self.settings, "run_in_thread", False))
+        return self.threads is not None and bool(getattr(self.runtime.settings, "run_in_thread", False))
 
     def _call(self, method: str, fn: Any, *args: Any) -> Deferred:
         """Call a runtime method as the current model (tasks it starts keep that)."""
@@ -185,7 +189,7 @@ class LocalModel:
         with model_context(context):
             if self.watch is None:
                 return call(fn, *args)
-            return self.watch.call(self.name, method, fn, *args)
+            return self.watch.call(self.runtime.name, method, fn, *args)
 
     @property
     def name(self) -> str:

@@ -12,10 +12,11 @@ from v2d.grpc._convert import (
     encode_infer_response,
     metadata_headers,
     response_metadata,
+    serialize_infer_response,
 )
 from v2d.grpc._messages import pb
 from v2d.tensors import pack_bytes
-from v2d.types import DATATYPES, InferenceResponse, Parameters, ResponseOutput
+from v2d.types import DATATYPES, DECODED_PARAMETER, InferenceResponse, Parameters, ResponseOutput
 
 NUMERIC = [d for d, dtype in DATATYPES.items() if dtype is not None]
 
@@ -289,3 +290,154 @@ def test_split_requests_keep_raw_contents_in_place():
     assert np.shares_memory(parts[2].inputs[0].data, np.frombuffer(wire, dtype=np.uint8))
     with pytest.raises(DecodeError):
         split_infer_request(pb.ModelInferRequest, wire[:-10])
+
+
+def _responses_alike_but_for_one_thing():
+    """Responses that differ in one detail of their outputs' or head's fields, one after another."""
+    y = np.arange(4, dtype=np.float32)
+
+    def response(params=None, name="y", shape=(4,), datatype="FP32", data=y, **head):
+        output = ResponseOutput(name=name, shape=list(shape), datatype=datatype, data=data, parameters=params)
+        return InferenceResponse(**{"model_name": "m", "model_version": "1", **head}, outputs=[output])
+
+    return [
+        response(),
+        response(),  # the same again: from the pieces kept
+        response(Parameters(content_type="np")),
+        response(Parameters(content_type="np")),
+        response(Parameters(content_type="pd")),
+        response(Parameters(content_type="np", x=None)),  # None values are not sent
+        response(Parameters(x=None)),
+        response(Parameters(tag="a", content_type="np")),  # the same items in another order
+        response(Parameters(content_type="np", **{DECODED_PARAMETER: object()})),  # never sent
+        response(Parameters(flag=True)),
+        response(Parameters(flag=1)),  # equal to True, not the same on the wire
+        response(Parameters(flag=2**63)),  # uint64
+        response(Parameters(flag="1")),
+        response(Parameters(x=0.0)),
+        response(Parameters(x=-0.0)),  # equal to 0.0, not the same on the wire
+        response(Parameters(x=np.float32(1.5))),
+        response(Parameters(x=[1, 2])),  # unhashable: sent as JSON text
+        response(Parameters(x={"a": 1})),
+        response(name="z"),
+        response(shape=(2, 2)),
+        response(shape=(4, 1)),
+        response(datatype="INT32", data=y.astype(np.int32)),
+        response(datatype="BYTES", shape=(2,), data=[b"a", b"bc"]),
+        response(datatype="FP16", data=y.astype(np.float16)),
+        response(model_version=None),
+        response(model_version=""),
+        response(model_name="n"),
+        response(id="7"),
+        response(parameters=Parameters(tag="x")),
+        response(parameters=Parameters(tag="x", headers={"x-a": "1"})),
+        InferenceResponse(model_name="m", outputs=[]),
+        InferenceResponse(
+            model_name="m", outputs=[ResponseOutput(name="y", shape=[4], datatype="FP32", data=y)] * 2
+        ),
+    ]
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_serialized_responses_are_protobufs_own_bytes(raw):
+    """Byte for byte what protobuf gives for the whole message, whatever was serialized before."""
+    for _ in range(2):
+        for response in _responses_alike_but_for_one_thing():
+            expected = encode_infer_response(response, raw).SerializeToString()
+            assert serialize_infer_response(response, raw) == expected, response
+
+
+def test_outputs_written_to_regions_serialize_as_protobuf_does():
+    from v2d.shm import WrittenToRegion
+
+    written = ResponseOutput(name="y", shape=[4], datatype="FP32", data=WrittenToRegion("r", 16))
+    response = InferenceResponse(model_name="m", outputs=[written])
+    for raw in (True, False, True):
+        assert (
+            serialize_infer_response(response, raw)
+            == encode_infer_response(response, raw).SerializeToString()
+        )
+
+
+def test_the_pieces_kept_are_bounded(monkeypatch):
+    from v2d.grpc import _convert
+
+    monkeypatch.setattr(_convert, "MOST_PIECES", 3)
+    monkeypatch.setattr(_convert, "_PIECES", {})
+    y = np.arange(4, dtype=np.float32)
+    for i in range(10):
+        output = ResponseOutput(name=f"y{i}", shape=[4], datatype="FP32", data=y)
+        response = InferenceResponse(model_name="m", outputs=[output])
+        assert (
+            serialize_infer_response(response, True)
+            == encode_infer_response(response, True).SerializeToString()
+        )
+        assert len(_convert._PIECES) <= 3
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        InferenceResponse(model_name="m", parameters=Parameters(bad=object()), outputs=[]),
+        InferenceResponse(
+            model_name="m",
+            outputs=[
+                ResponseOutput(
+                    name="y", shape=[1], datatype="FP32", data=[1.0], parameters=Parameters(b=object())
+                )
+            ],
+        ),
+        InferenceResponse(
+            model_name="m", outputs=[ResponseOutput(name="y", shape=[3], datatype="FP32", data=[1.0])]
+        ),
+    ],
+)
+def test_serializing_fails_as_building_the_message_does(response):
+    with pytest.raises(Internal) as built:
+        encode_infer_response(response, True)
+    for _ in range(2):
+        with pytest.raises(Internal) as serialized:
+            serialize_infer_response(response, True)
+        assert str(serialized.value) == str(built.value)
+
+
+def test_metadata_headers_are_a_header_dict():
+    from v2d.types import HeaderDict
+
+    headers = metadata_headers(
+        [("X-Id", "1"), ("x-id", "2"), ("user-agent", "u"), (":path", "/p"), ("te", "t")]
+    )
+    assert type(headers) is HeaderDict and headers == {"x-id": "1, 2", "user-agent": "u"}
+    assert headers["X-ID"] == "1, 2" and "User-Agent" in headers
+    assert type(metadata_headers(None)) is HeaderDict and metadata_headers(()) == {}
+
+
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16383, 16384, 2_097_152])
+def test_raw_output_entries_are_framed_as_protobuf_frames_them(n):
+    from v2d.grpc._convert import _RAW_OUTPUT_TAG, _varint
+
+    message = pb.ModelInferResponse()
+    message.raw_output_contents.append(b"x" * n)
+    assert _RAW_OUTPUT_TAG + _varint(n) + b"x" * n == message.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "inputs, outputs, error",
+    [
+        (["a"], [], None),
+        (["a"], ["y"], None),
+        (["a", "b"], ["y", "z"], None),
+        (["a", "a"], [], "inputs[1].name: input 'a' is given more than once"),
+        (["a"], ["y", "y"], "outputs[1].name: output 'y' is given more than once"),
+    ],
+)
+def test_repeated_names_are_refused(inputs, outputs, error):
+    message = raw_request(*[(name, "FP32", [1], b"\0\0\0\0") for name in inputs])
+    for name in outputs:
+        message.outputs.add(name=name)
+    if error is None:
+        decode_infer_request(message)
+        return
+    with pytest.raises(InvalidArgument) as e:
+        decode_infer_request(message)
+    assert str(e.value) == error

@@ -148,18 +148,21 @@ def _parameters_of(params: Mapping[str, Any], field: str) -> Optional[Parameters
 
 def metadata_headers(metadata: Optional[Sequence[Tuple[str, Any]]]) -> HeaderDict:
     """Invocation metadata as headers (transport metadata left out; binary values as latin-1)."""
-    headers = HeaderDict()
+    headers = _new_headers(HeaderDict)  # empty: HeaderDict's __init__ has nothing to do
     for key, value in metadata or ():
         name = key.lower()
-        if name.startswith(":") or name in _TRANSPORT_METADATA:
+        if name in _TRANSPORT_METADATA or name.startswith(":"):
             continue
         if isinstance(value, bytes):
             value = value.decode("latin-1")
-        if name in headers:
-            headers[name] = f"{headers[name]}, {value}"
-        else:
-            headers[name] = value
+        # the name is lower-cased already: the plain dict's methods, without HeaderDict's
+        if _has(headers, name):
+            value = f"{_get(headers, name)}, {value}"
+        _put(headers, name, value)
     return headers
+
+
+_new_headers, _has, _get, _put = dict.__new__, dict.__contains__, dict.__getitem__, dict.__setitem__
 
 
 def response_metadata(headers: Optional[Mapping[str, Any]]) -> List[Tuple[str, Any]]:
@@ -295,17 +298,18 @@ def decode_infer_request(
     if raw_contents is None:
         raw_contents = message.raw_input_contents
     raw = len(raw_contents) > 0
+    tensors = list(message.inputs)
     # inputs in shared-memory regions have no raw contents entry (as Triton's clients send them)
-    in_regions = [i for i, tensor in enumerate(message.inputs) if "shared_memory_region" in tensor.parameters]
-    if raw and len(raw_contents) != len(message.inputs) - len(in_regions):
+    in_regions = [i for i, tensor in enumerate(tensors) if "shared_memory_region" in tensor.parameters]
+    if raw and len(raw_contents) != len(tensors) - len(in_regions):
         raise InvalidArgument(
             f"{prefix}raw_input_contents has {len(raw_contents)} entries but there are "
-            f"{len(message.inputs) - len(in_regions)} inputs not in shared memory "
+            f"{len(tensors) - len(in_regions)} inputs not in shared memory "
             "(one entry per input, in order)"
         )
     inputs = []
     raw_index = 0
-    for i, tensor in enumerate(message.inputs):
+    for i, tensor in enumerate(tensors):
         name = tensor.name
         if not name:
             raise InvalidArgument(f"{prefix}inputs[{i}].name is required")
@@ -315,7 +319,7 @@ def decode_infer_request(
             raise InvalidArgument(
                 f"{where}.datatype: unknown datatype {datatype!r} (expected one of {', '.join(DATATYPES)})"
             )
-        shape = check_shape(list(tensor.shape), where)
+        shape = check_shape(tensor.shape[:], where)  # a list
         has_contents = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
         params = tensor.parameters
         parameters = _parameters_of(params, f"{where}.") if params else None
@@ -359,13 +363,15 @@ def decode_infer_request(
                     parameters=_parameters_of(requested.parameters, f"{prefix}outputs[{i}]."),
                 )
             )
+    params = message.parameters
     request = InferenceRequest(
         id=message.id or None,
-        parameters=_parameters_of(message.parameters, prefix),
+        parameters=_parameters_of(params, prefix) if params else None,
         inputs=inputs,
         outputs=outputs,
     )
-    check_names(request)
+    if len(inputs) > 1 or (outputs is not None and len(outputs) > 1):  # else no two names to compare
+        check_names(request)
     # raw when every input came raw or from a region (none typed), as Triton answers
     return message.model_name, message.model_version or None, request, raw or len(in_regions) == len(inputs)
 
@@ -394,11 +400,16 @@ def encode_infer_response(response: InferenceResponse, raw: bool) -> Any:
     return message
 
 
+#: The varints of 0 to 127: one byte each.
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
 #: The tag of ``ModelInferResponse.raw_output_contents`` (field 6, length-delimited).
 _RAW_OUTPUT_TAG = b"\x32"
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _ONE_BYTE[n]
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -415,11 +426,28 @@ def serialize_infer_response(response: InferenceResponse, raw: bool) -> bytes:
     The wire bytes of ``encode_infer_response(response, raw)``, with each raw output
     copied once: the message is serialized without its raw contents, and they are
     appended as field entries (protobuf allows a repeated field's entries anywhere).
+    In raw form, the message's fields before its outputs and each output's entry are
+    protobuf's own serialization of them alone, kept for the next response that has
+    the same (see ``_remembered``): fields serialize in the order of their numbers, so
+    the pieces joined are the bytes of the whole message.
     """
-    message, chunks = _build_infer_response(response, raw)
-    if not chunks:
+    message = None
+    if response.id or response.parameters is not None:
+        message = _head_message(response)
+    else:  # the same for every response of this model version
+        head = _remembered(("head", response.model_name, response.model_version), _serialized_head, response)
+    prepared = _prepared_outputs(response)
+    if not _raw_form(raw, prepared):
+        if message is None:
+            message = _head_message(response)
+        for item in prepared:
+            _add_output(message, item, True)
         return message.SerializeToString()
-    parts: List[Any] = [message.SerializeToString()]
+    parts: List[Any] = [head if message is None else message.SerializeToString()]
+    chunks: List[Any] = []
+    for item in prepared:
+        parts.append(_output_entry(item))
+        chunks.append(_raw_chunk(item))
     for chunk in chunks:
         parts.append(_RAW_OUTPUT_TAG + _varint(len(chunk)))
         parts.append(chunk)
@@ -428,30 +456,123 @@ def serialize_infer_response(response: InferenceResponse, raw: bool) -> bytes:
 
 def _build_infer_response(response: InferenceResponse, raw: bool) -> Tuple[Any, List[Any]]:
     """The response message without raw contents, and the raw contents (buffers)."""
+    message = _head_message(response)
+    prepared = _prepared_outputs(response)
+    use_raw = _raw_form(raw, prepared)
+    chunks: List[Any] = []
+    for item in prepared:
+        _add_output(message, item, not use_raw)
+        if use_raw:
+            chunks.append(_raw_chunk(item))
+    return message, chunks
+
+
+#: An output made ready for the wire: (output, datatype, shape, flat data or None if
+#: written to a shared-memory region, numeric).
+_Prepared = Tuple[Any, str, List[int], Any, bool]
+
+
+def _head_message(response: InferenceResponse) -> Any:
+    """The response message with the fields before its outputs (parameters without headers)."""
     message = pb.ModelInferResponse(
         model_name=response.model_name or "",
         model_version=response.model_version or "",
         id=response.id or "",
     )
     encode_parameters(message.parameters, response.parameters, "response", skip=("headers",))
-    prepared: List[Any] = []
+    return message
+
+
+def _prepared_outputs(response: InferenceResponse) -> List[_Prepared]:
+    prepared: List[_Prepared] = []
     for output in response.outputs:
         if type(output.data) is WrittenToRegion:
             prepared.append((output, output.datatype, list(output.shape), None, False))
             continue
         prepared.append((output, *prepare_output(output)))
-    use_raw = raw or any(TYPED_FIELD[p[1]] is None for p in prepared if p[3] is not None)
-    chunks: List[Any] = []
-    for output, datatype, shape, flat, numeric in prepared:
-        tensor = message.outputs.add(name=output.name, datatype=datatype, shape=shape)
-        encode_parameters(tensor.parameters, output.parameters, f"output '{output.name}'")
-        if flat is None:
-            if use_raw:  # written to a shared-memory region: an empty entry keeps the positions
-                chunks.append(b"")
-        elif use_raw:
-            chunks.append(memoryview(flat).cast("B") if numeric else pack_bytes(flat))
-        elif numeric:
-            getattr(tensor.contents, TYPED_FIELD[datatype]).extend(flat.tolist())  # type: ignore[arg-type]
-        else:
-            tensor.contents.bytes_contents.extend(_bytes_item(item) for item in flat)
-    return message, chunks
+    return prepared
+
+
+def _raw_form(raw: bool, prepared: List[_Prepared]) -> bool:
+    """Whether the outputs go as raw contents: asked for, or a datatype without typed contents."""
+    return raw or any(TYPED_FIELD[p[1]] is None for p in prepared if p[3] is not None)
+
+
+def _add_output(message: Any, item: _Prepared, typed: bool) -> None:
+    """Add an output to ``message``, with its typed contents if ``typed``."""
+    output, datatype, shape, flat, numeric = item
+    tensor = message.outputs.add(name=output.name, datatype=datatype, shape=shape)
+    encode_parameters(tensor.parameters, output.parameters, f"output '{output.name}'")
+    if not typed or flat is None:
+        return
+    if numeric:
+        getattr(tensor.contents, TYPED_FIELD[datatype]).extend(flat.tolist())  # type: ignore[arg-type]
+    else:
+        tensor.contents.bytes_contents.extend(_bytes_item(value) for value in flat)
+
+
+def _raw_chunk(item: _Prepared) -> Any:
+    """An output's raw contents (an empty entry, keeping the positions, for one written to a region)."""
+    _, _, _, flat, numeric = item
+    if flat is None:
+        return b""
+    return memoryview(flat).cast("B") if numeric else pack_bytes(flat)
+
+
+def _serialized_head(response: InferenceResponse) -> bytes:
+    return _head_message(response).SerializeToString()
+
+
+def _output_entry(item: _Prepared) -> bytes:
+    """The serialized ``outputs`` entry of an output in raw form (contents apart)."""
+    output, datatype, shape, flat, _ = item
+    params = _parameters_key(output.parameters)
+    if flat is None or params is None or type(output.name) is not str:
+        return _serialized_output(item)
+    return _remembered(("output", output.name, datatype, tuple(shape), params), _serialized_output, item)
+
+
+def _serialized_output(item: _Prepared) -> bytes:
+    message = pb.ModelInferResponse()
+    _add_output(message, item, False)
+    return message.SerializeToString()
+
+
+#: Parameter values whose (type, value) decides their serialization (floats do not: 0.0 == -0.0);
+#: None values are left out of it.
+_KEYED_TYPES = frozenset((str, bool, int, type(None)))
+
+
+def _parameters_key(params: Optional[Parameters]) -> Optional[tuple]:
+    """
+    The parameters as part of a key: their attributes in order and the types of their
+    values (``to_dict`` is made of these); None if they cannot be one.
+    """
+    if params is None:
+        return ()
+    values = vars(params)
+    kinds = tuple(map(type, values.values()))
+    if not _KEYED_TYPES.issuperset(kinds):
+        return None
+    return (tuple(values.items()), kinds)
+
+
+#: The serialized pieces of responses, by what they were made of (``_remembered``).
+_PIECES: Dict[tuple, bytes] = {}
+
+#: At most this many pieces are kept; when full, all are forgotten.
+MOST_PIECES = 1024
+
+
+def _remembered(key: tuple, build: Any, arg: Any) -> bytes:
+    """``build(arg)``, kept under ``key`` for the next call; built each time if ``key`` is unhashable."""
+    try:
+        found = _PIECES.get(key)
+    except TypeError:
+        return build(arg)
+    if found is None:
+        found = build(arg)
+        if len(_PIECES) >= MOST_PIECES:
+            _PIECES.clear()
+        _PIECES[key] = found
+    return found
