@@ -34,8 +34,10 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
+from OpenSSL.crypto import FILETYPE_PEM
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -184,6 +186,11 @@ class Context:
             self._trailing = _encode_metadata(trailing_metadata)
         raise grpc.aio.AbortError()
 
+    async def write(self, message: Any) -> None:
+        """Send one response of a streaming call."""
+        self._call.send_message(self._call.serialize(message))
+        await self._call.wait_drained()
+
     def set_code(self, code: grpc.StatusCode) -> None:
         self._code = code
 
@@ -235,6 +242,7 @@ class Call:
         self.encoding = b"identity"
         self.buffer = bytearray()
         self.handler: Any = None
+        self.serialize: Any = None  # a streaming call's response serializer (context.write)
         self.requests: Optional[asyncio.Queue] = None  # streaming requests
         self.message: Optional[bytes] = None  # a unary call's request
         self.received = 0  # messages received
@@ -653,9 +661,14 @@ class GRPCProtocol(Protocol):
             serialize = handler.response_serializer or (lambda m: m)
             if handler.response_streaming:
                 behaviour = handler.stream_stream if handler.request_streaming else handler.unary_stream
-                async for response in behaviour(request, context):
-                    call.send_message(serialize(response))
-                    await call.wait_drained()
+                call.serialize = serialize
+                responses = behaviour(request, context)
+                if hasattr(responses, "__aiter__"):
+                    async for response in responses:
+                        call.send_message(serialize(response))
+                        await call.wait_drained()
+                else:  # a coroutine that writes with context.write, or only aborts
+                    await responses
             else:
                 behaviour = handler.stream_unary if handler.request_streaming else handler.unary_unary
                 response = await behaviour(request, context)
@@ -850,11 +863,11 @@ def _certificates(pem: bytes, what: str) -> List[ssl.Certificate]:
 def tls_options(cert: bytes, key: bytes, client_ca: Optional[bytes]) -> ssl.CertificateOptions:
     """TLS for gRPC: the chain and key, ALPN ``h2``, client certificates when a CA is given."""
     chain = _certificates(cert, "the gRPC TLS certificate")
-    private = ssl.KeyPair.load(key, ssl.crypto.FILETYPE_PEM)  # type: ignore[attr-defined]
+    private = ssl.KeyPair.load(key, FILETYPE_PEM)
     extra: Dict[str, Any] = {}
     if client_ca is not None:
+        # a trust root makes Twisted ask for, and require, a client certificate signed by it
         extra["trustRoot"] = ssl.trustRootFromCertificates(_certificates(client_ca, "the gRPC client CA"))
-        extra["requireCertificate"] = True
     return ssl.CertificateOptions(
         privateKey=private.original,
         certificate=chain[0].original,
@@ -885,6 +898,11 @@ async def listen(server: H2Server, reactor: Any, address: str, tls: Optional[tup
     factory: Any = server
     if tls is not None:
         factory = TLSMemoryBIOFactory(tls_options(*tls), False, server)
-    port = await _endpoint(reactor, address).listen(factory)
+    try:
+        port = await _endpoint(reactor, address).listen(factory)
+    except CannotListenError as e:
+        why = getattr(e.socketError, "strerror", None) or str(e.socketError)
+        # in grpc.aio's words, so that both engines fail to start with the same line
+        raise RuntimeError(f"Failed to bind to address {address}; {why}") from None
     server.ports.append(port)
     return int(port.getHost().port)
