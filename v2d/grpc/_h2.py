@@ -34,6 +34,7 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 from OpenSSL.crypto import FILETYPE_PEM
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
@@ -60,6 +61,8 @@ _CONFIG = H2Configuration(
 WINDOW = 4 * 1024 * 1024
 MAX_STREAMS = 1024
 MAX_HEADER_LIST = 16 * 1024
+#: Seconds a connection closed at the end of a stop's grace has to take its last bytes.
+ABORT_AFTER = 2.0
 
 #: Request headers that are HTTP/2 or gRPC framing, not the call's metadata.
 _RESERVED = frozenset(
@@ -343,8 +346,8 @@ class Call:
         except H2Error:
             pass
         self.ended = True
+        self.protocol.write_pending()  # out before anything that waits for the call's end runs
         self.protocol.call_ended(self)
-        self.protocol.write_pending()
 
     async def wait_drained(self) -> None:
         """Wait while response bytes wait for the client's window (a slow reader)."""
@@ -369,10 +372,12 @@ class Call:
         if code is not None:
             self.pending.clear()
             self.finish(code, details)
-            try:
-                self.protocol.conn.reset_stream(self.stream_id, ErrorCodes.CANCEL)
-            except H2Error:
-                pass
+            if not self.half_closed:
+                # the status is sent; NO_ERROR tells the client to stop sending (RFC 9113 8.1)
+                try:
+                    self.protocol.conn.reset_stream(self.stream_id, ErrorCodes.NO_ERROR)
+                except H2Error:
+                    pass
             self.protocol.write_pending()
         else:
             self.abandon()
@@ -705,8 +710,8 @@ class GRPCProtocol(Protocol):
         if self.calls.get(call.stream_id) is call:
             del self.calls[call.stream_id]
         call.run_done_callbacks()
-        self.server.call_ended()
         if self.closing and not self.calls:
+            self.write_pending()  # the last call's answer goes out before the connection closes
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     # -- shutdown ------------------------------------------------------------------------
@@ -716,11 +721,12 @@ class GRPCProtocol(Protocol):
         if self.closing:
             return
         self.closing = True
-        try:
-            self.conn.close_connection(ErrorCodes.NO_ERROR)
-        except H2Error:
-            pass
         self.write_pending()
+        # h2's close_connection ends the connection's state, after which the calls in
+        # flight could not answer; the GOAWAY frame is written past it instead, and
+        # streams the client opens anyway are refused (UNAVAILABLE) by _request.
+        goaway = GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id, error_code=0)
+        self.transport.write(goaway.serialize())  # type: ignore[union-attr]
         if not self.calls:
             self.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -729,6 +735,12 @@ class GRPCProtocol(Protocol):
             call.cancel(grpc.StatusCode.UNAVAILABLE, details)
         self.write_pending()
         self.transport.loseConnection()  # type: ignore[union-attr]
+        # a client that reads nothing would hold the connection open: cut it soon after
+        self.server.reactor.callLater(ABORT_AFTER, self._abort)
+
+    def _abort(self) -> None:
+        if self in self.server.connections:
+            self.transport.abortConnection()  # type: ignore[union-attr]
 
 
 def _chain(interceptor: Any, continuation: Any) -> Any:
@@ -816,14 +828,13 @@ class H2Server(Factory):
     def active_calls(self) -> int:
         return sum(len(p.calls) for p in self.connections)
 
-    def call_ended(self) -> None:
-        if self._idle and self.active_calls() == 0:
+    def connection_lost(self, protocol: GRPCProtocol) -> None:
+        # stopping, a connection closes when its last call has ended and its bytes are
+        # out; the stop is over when none is left (before that, answers could be lost)
+        if self._idle and not self.connections:
             waiting, self._idle = self._idle, []
             for d in waiting:
                 d.callback(None)
-
-    def connection_lost(self, protocol: GRPCProtocol) -> None:
-        self.call_ended()
 
     def stop(self, grace: Optional[float]) -> defer.Deferred:
         """Refuse new calls; fire when every call has ended (cancelled after ``grace``)."""
@@ -833,7 +844,7 @@ class H2Server(Factory):
         self.ports = []
         for protocol in list(self.connections):
             protocol.go_away()
-        if self.active_calls() == 0:
+        if not self.connections:
             return defer.succeed(None)
         idle: defer.Deferred = defer.Deferred()
         self._idle.append(idle)
