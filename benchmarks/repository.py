@@ -107,7 +107,8 @@ def write_repository(root: str, server: str) -> str:
     return root
 
 
-_TRAIN = """
+_TRAIN = (
+    """
 import sys
 import joblib
 import numpy as np
@@ -117,7 +118,9 @@ rng = np.random.default_rng(16)
 X = rng.random((600, %d), dtype=np.float32)
 y = (X[:, :4].sum(axis=1) > 2).astype(int) + (X[:, 4] > 0.6).astype(int)
 joblib.dump(LogisticRegression(max_iter=1000).fit(X, y), sys.argv[1])
-""" % SMALL
+"""
+    % SMALL
+)
 
 
 def write_sklearn_model(

@@ -162,6 +162,7 @@ def say(message: str) -> None:
 SERVERS: Dict[str, str] = {
     "v2d": "v2d",
     "v2d-w1": "v2d --workers 1",
+    "v2d-h2": "v2d --grpc-engine h2",
     "mls": "MLServer defaults (1 worker, debug)",
     "mls-inproc": "MLServer in-process (debug)",
     "mls-nodebug": "MLServer 1 worker, debug off",
@@ -230,11 +231,12 @@ class Result:
         return self.rounds[-1] if self.rounds else Measurement(error="not run")
 
 
-def kserve_targets(key: str, at_least: float) -> List[Target]:
-    """Issue 15's targets against KServe: the rate, and server CPU per request <= 0.5x."""
+def kserve_targets(key: str, at_least: float, who: str = "v2d") -> List[Target]:
+    """The targets against KServe: the rate, and server CPU per request <= 0.5x."""
+    name = SERVERS[who]
     return [
-        Target("v2d", "kserve", at_least, f"{key}: v2d >= {at_least:g}x KServe"),
-        Target("v2d", "kserve", 0.5, f"{key}: v2d server CPU/request <= 0.5x KServe's", "v2d CPU", "cpu"),
+        Target(who, "kserve", at_least, f"{key}: {name} >= {at_least:g}x KServe", who),
+        Target(who, "kserve", 0.5, f"{key}: {name} server CPU/request <= 0.5x KServe's", f"{who} CPU", "cpu"),
     ]
 
 
@@ -255,7 +257,11 @@ def build_cases(data: Dict[str, str], quick: bool) -> List[Case]:
             entries = [entry("v2d"), entry("v2d-w1")] + [entry(p) for p in peers] + [entry("kserve")]
             if transport == "rest":
                 entries.append(entry("ceiling"))
+            else:
+                entries.insert(1, entry("v2d-h2"))
             targets = kserve_targets(f"small {transport} c{c}", 2.0)
+            if transport == "grpc":
+                targets += kserve_targets(f"small grpc c{c}", 2.0, "v2d-h2")
             if c == 16:
                 targets += [
                     Target("v2d", "mls", 3.0, f"small {transport} c16: v2d >= 3x MLServer defaults"),
@@ -466,6 +472,7 @@ def start_servers(
         "v2d-mls": v2d_in_mlserver_venv,
         "v2d": lambda: V2dServer(SERVERS["v2d"], v2d_models, workers=0),
         "v2d-w1": lambda: V2dServer(SERVERS["v2d-w1"], v2d_models, workers=1),
+        "v2d-h2": lambda: V2dServer(SERVERS["v2d-h2"], v2d_models, options=("--grpc-engine", "h2")),
         "mls": lambda: MLServerPeer(SERVERS["mls"], peer_python, peer_models, 1, True),
         "mls-inproc": lambda: MLServerPeer(SERVERS["mls-inproc"], peer_python, peer_models, 0, True),
         "mls-nodebug": lambda: MLServerPeer(SERVERS["mls-nodebug"], peer_python, peer_models, 1, False),

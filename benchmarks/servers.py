@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from tests.support.daemon import Daemon, free_port
 
@@ -170,11 +170,16 @@ class V2dServer(Server):
     kind = "v2d"
 
     def __init__(
-        self, label: str, models: str, workers: int = 0, command: Optional[List[str]] = None
+        self,
+        label: str,
+        models: str,
+        workers: int = 0,
+        command: Optional[List[str]] = None,
+        options: Sequence[str] = (),
     ) -> None:
         self.label = label
         self.workers = workers
-        self.daemon = Daemon(models, "--workers", str(workers), grpc=True, command=command)
+        self.daemon = Daemon(models, "--workers", str(workers), *options, grpc=True, command=command)
         self.http_port = self.daemon.http_port
         self.grpc_address = self.daemon.grpc_address
 

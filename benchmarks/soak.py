@@ -87,8 +87,9 @@ def reloads(d: Daemon, count: int) -> None:
         requests(d, 1, 1)
 
 
-def soak(label: str, models: str, args: List[str], warm: Callable[[Daemon], None],
-         run: Callable[[Daemon], None]) -> Dict[str, Any]:
+def soak(
+    label: str, models: str, args: List[str], warm: Callable[[Daemon], None], run: Callable[[Daemon], None]
+) -> Dict[str, Any]:
     """Start a server, warm it up, run; the RSS figures."""
     with Daemon(models, *args, grpc=False) as d:
         assert d.process is not None
@@ -102,13 +103,22 @@ def soak(label: str, models: str, args: List[str], warm: Callable[[Daemon], None
             end = process_tree_rss(d.process.pid)
         seconds = time.monotonic() - began
     growth = (end - start) / start
-    return {"run": label, "start": start, "end": end, "peak": sampler.peak, "growth": growth,
-            "seconds": seconds, "ok": growth < TARGET}
+    return {
+        "run": label,
+        "start": start,
+        "end": end,
+        "peak": sampler.peak,
+        "growth": growth,
+        "seconds": seconds,
+        "ok": growth < TARGET,
+    }
 
 
 def _row(r: Dict[str, Any]) -> str:
-    return (f"| {r['run']} | {r['start'] / MIB:.1f} | {r['end'] / MIB:.1f} | {r['peak'] / MIB:.1f} | "
-            f"{r['growth'] * 100:+.2f} % | {r['seconds']:.0f} | {'yes' if r['ok'] else 'NO'} |")
+    return (
+        f"| {r['run']} | {r['start'] / MIB:.1f} | {r['end'] / MIB:.1f} | {r['peak'] / MIB:.1f} | "
+        f"{r['growth'] * 100:+.2f} % | {r['seconds']:.0f} | {'yes' if r['ok'] else 'NO'} |"
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -126,16 +136,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="v2d-soak-") as models:
         write_model(models, "echo", "models.Echo", ECHO)
         runs = [
-            ("in-process", ["--workers", "0"], lambda d: requests(d, warm_requests, opts.clients),
-             lambda d: requests(d, total, opts.clients)),
-            ("workers 1", ["--workers", "1"], lambda d: requests(d, warm_requests, opts.clients),
-             lambda d: requests(d, total, opts.clients)),
-            ("reload churn", ["--workers", "0"], lambda d: reloads(d, max(50, churn // 20)),
-             lambda d: reloads(d, churn)),
+            (
+                "in-process",
+                ["--workers", "0"],
+                lambda d: requests(d, warm_requests, opts.clients),
+                lambda d: requests(d, total, opts.clients),
+            ),
+            (
+                "workers 1",
+                ["--workers", "1"],
+                lambda d: requests(d, warm_requests, opts.clients),
+                lambda d: requests(d, total, opts.clients),
+            ),
+            (
+                "reload churn",
+                ["--workers", "0"],
+                lambda d: reloads(d, max(50, churn // 20)),
+                lambda d: reloads(d, churn),
+            ),
         ]
         results = []
-        print(f"soak: {total} requests per run ({opts.clients} connections), {churn} reloads; "
-              f"target: RSS growth under {TARGET * 100:.0f} %", flush=True)
+        print(
+            f"soak: {total} requests per run ({opts.clients} connections), {churn} reloads; "
+            f"target: RSS growth under {TARGET * 100:.0f} %",
+            flush=True,
+        )
         print("| run | start MiB | end MiB | peak MiB | growth | seconds | under target |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | --- |", flush=True)
         for label, args, warm, run in runs:

@@ -41,7 +41,6 @@ MIB = 1 << 20
 SIZES = {"tiny (16 x FP32)": 16 * 4, "1 MiB": MIB, "64 MiB": 64 * MIB}
 
 
-
 def _repeats(size: int, repeat: int) -> int:
     return max(5, repeat // 10) if size >= 64 * MIB else (max(20, repeat // 2) if size >= MIB else repeat)
 
@@ -97,8 +96,11 @@ def wire_benchmark(repeat: int) -> List[Dict[str, Any]]:
         local = await LocalModelFactory().create(settings)
         await measure("in-process", local)
         for label, threshold in (("worker, shared memory", MIB), ("worker, pipe only", 0)):
-            pool = WorkerPool(reactor=reactor, settings=Settings(envs_dir=os.path.join(tmp, "envs")),
-                              shm_threshold=threshold)
+            pool = WorkerPool(
+                reactor=reactor,
+                settings=Settings(envs_dir=os.path.join(tmp, "envs")),
+                shm_threshold=threshold,
+            )
             model = await pool.model_factory(settings, 1).create(settings)
             await measure(label, model)
             await pool.stop()
@@ -109,8 +111,10 @@ def wire_benchmark(repeat: int) -> List[Dict[str, Any]]:
 
 def _format(row: Dict[str, Any]) -> str:
     rate = f"{row['mib_per_s']:8.0f} MiB/s" if row.get("mib_per_s") else " " * 14
-    return f"{row['path']:<26} {row['size'] / MIB:>9.5f} MiB  median {row['median_ms']:9.3f} ms  " \
-           f"p90 {row['p90_ms']:9.3f} ms  {rate}"
+    return (
+        f"{row['path']:<26} {row['size'] / MIB:>9.5f} MiB  median {row['median_ms']:9.3f} ms  "
+        f"p90 {row['p90_ms']:9.3f} ms  {rate}"
+    )
 
 
 def servers_benchmark(mlserver_python: str, repeat: int) -> None:

@@ -24,12 +24,20 @@ class BenchSKLearnModel(SKLearnModel):
     @custom_handler(rest_path="/v2/models/sklearn/config", rest_method="GET")
     async def model_config(self) -> Dict[str, Any]:
         tensors = [
-            [{"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": [int(d) for d in t.shape]}
-             for t in ts]
+            [
+                {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": [int(d) for d in t.shape]}
+                for t in ts
+            ]
             for ts in (self.settings.inputs, self.settings.outputs)
         ]
-        return {"name": self.name, "platform": "", "backend": "python", "max_batch_size": 0,
-                "input": tensors[0], "output": tensors[1]}
+        return {
+            "name": self.name,
+            "platform": "",
+            "backend": "python",
+            "max_batch_size": 0,
+            "input": tensors[0],
+            "output": tensors[1],
+        }
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         response = await super().predict(payload)

@@ -122,7 +122,7 @@ def _decode_metadata(headers: Sequence[Tuple[bytes, bytes]]) -> Tuple[Tuple[str,
         key = name.decode("ascii", "replace")
         if key.endswith("-bin"):
             try:
-                pairs.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
+                pairs.append((key, base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)))
             except ValueError:
                 continue
         else:

@@ -1,0 +1,145 @@
+"""
+The h2 gRPC engine's pieces that need no connection: ``grpc-timeout``, ``grpc-message``
+encoding, metadata both ways, handler lookup through interceptors, and running a
+handler coroutine in place (the rest as a task only when it waits). The engine on real
+sockets is tested in tests/integration/test_grpc_h2_engine.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from urllib.parse import unquote
+
+import grpc
+import pytest
+
+from v2d.grpc import _h2
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [(b"5S", 5.0), (b"100m", 0.1), (b"1H", 3600.0), (b"2M", 120.0), (b"7u", 7e-6), (b"9n", 9e-9)],
+)
+def test_parse_timeout(value, seconds):
+    assert _h2.parse_timeout(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", [b"", b"5", b"S", b"5s", b"123456789S", b"-1S", b"1.5S"])
+def test_parse_timeout_refuses_malformed(value):
+    assert _h2.parse_timeout(value) is None
+
+
+def test_percent_encode_round_trips_through_unquote():
+    text = "model 'ü' not found: 100% sure\n"
+    encoded = _h2.percent_encode(text)
+    assert encoded.isascii() and b"%25" in encoded and b"%0A" in encoded
+    assert unquote(encoded.decode("ascii")) == text
+
+
+def test_metadata_both_ways():
+    pairs = _h2._encode_metadata([("X-Trace", "abc"), ("blob-bin", b"\x00\xff"), ("n", 3)])
+    assert pairs == [
+        (b"x-trace", b"abc"),
+        (b"blob-bin", base64.b64encode(b"\x00\xff").rstrip(b"=")),
+        (b"n", b"3"),
+    ]
+    headers = [(b":path", b"/a/b"), (b"te", b"trailers"), (b"content-type", b"application/grpc")] + pairs
+    headers.append((b"grpc-timeout", b"1S"))
+    assert _h2._decode_metadata(headers) == (("x-trace", "abc"), ("blob-bin", b"\x00\xff"), ("n", "3"))
+
+
+def test_undecodable_binary_metadata_is_dropped():
+    assert _h2._decode_metadata([(b"a-bin", b"!!!")]) == ()
+
+
+class _Interceptor:
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
+        self.seen: list = []
+
+    async def intercept_service(self, continuation, details):
+        self.seen.append((details.method, tuple(details.invocation_metadata)))
+        if self.refuse:
+            return None
+        return await continuation(details)
+
+
+def _server(*interceptors):
+    server = _h2.H2Server(reactor=None, interceptors=interceptors)
+    handler = grpc.unary_unary_rpc_method_handler(lambda r, c: r)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("s.S", {"M": handler}),))
+    server.add_registered_method_handlers("s.T", {"N": handler})
+    return server, handler
+
+
+def test_lookup_by_method_and_through_interceptors():
+    server, handler = _server()
+    assert server.lookup("/s.S/M", ()) is handler
+    assert server.lookup("/s.T/N", ()) is handler
+    assert server.lookup("/s.S/X", ()) is None
+    seen = _Interceptor(refuse=False)
+    server, handler = _server(seen)
+    assert server.lookup("/s.S/M", (("k", "v"),)) is handler
+    assert seen.seen == [("/s.S/M", (("k", "v"),))]
+    server, _ = _server(_Interceptor(refuse=True))
+    assert server.lookup("/s.S/M", ()) is None
+
+
+def test_an_interceptor_that_waits_is_an_error():
+    class Waits:
+        async def intercept_service(self, continuation, details):
+            await asyncio.sleep(0)
+
+    server, _ = _server(Waits())
+    with pytest.raises(RuntimeError, match="must answer at once"):
+        server.lookup("/s.S/M", ())
+
+
+def test_resume_continues_a_coroutine_that_waited():
+    async def handler(steps):
+        steps.append("start")
+        await asyncio.sleep(0)
+        steps.append("resumed")
+        return 42
+
+    async def main():
+        steps: list = []
+        coro = handler(steps)
+        first = coro.send(None)  # run in place up to the first wait, as the engine does
+        assert steps == ["start"]
+        result = await asyncio.ensure_future(_h2._resumed(coro, first))
+        assert steps == ["start", "resumed"]
+        return result
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(main()) == 42
+    finally:
+        loop.close()
+
+
+def test_resume_passes_cancellation_into_the_coroutine():
+    async def handler(seen):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def main():
+        seen: list = []
+        coro = handler(seen)
+        first = coro.send(None)
+        task = asyncio.ensure_future(_h2._resumed(coro, first))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return seen
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(main()) == ["cancelled"]
+    finally:
+        loop.close()
