@@ -82,6 +82,18 @@ def writer_idle(writer: Any) -> bool:
         return False
 
 
+def idle_socket(transport: Any) -> Optional[Any]:
+    """
+    A TCP transport's socket, when nothing is queued on the transport, so that bytes
+    sent on it now keep their order; None otherwise, and for TLS and other transports
+    (everything then goes through ``transport.write``).
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is None or not hasattr(sock, "send") or not writer_idle(transport):
+        return None
+    return sock
+
+
 def request_disconnected(request: Any) -> bool:
     """
     Whether the client of a ``twisted.web`` request has gone (nothing can be written).

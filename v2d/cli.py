@@ -169,11 +169,16 @@ def parser() -> argparse.ArgumentParser:
     p_infer = commands.add_parser("infer", help="send one inference request to a running server (REST)")
     p_infer.add_argument("model", metavar="MODEL", help="the model's name")
     p_infer.add_argument(
-        "-i", "--input", required=True, metavar="FILE",
+        "-i",
+        "--input",
+        required=True,
+        metavar="FILE",
         help="a JSON inference request, or - for standard input",
     )
     p_infer.add_argument(
-        "-u", "--url", default=os.environ.get("V2D_URL", "http://127.0.0.1:8080"),
+        "-u",
+        "--url",
+        default=os.environ.get("V2D_URL", "http://127.0.0.1:8080"),
         help="the server's REST address (default: $V2D_URL or http://127.0.0.1:8080)",
     )
     p_infer.add_argument("--model-version", help="a version of the model")

@@ -286,7 +286,7 @@ def _stale_temporaries(envs_dir: str) -> Iterator[tuple]:
         return
     for name in names:
         if name.startswith(".tmp-"):
-            key = name[len(".tmp-"):].partition("-")[0]
+            key = name[len(".tmp-") :].partition("-")[0]
             yield key, os.path.join(envs_dir, name)
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "status_of_kind",
 ]
 
+
 class ErrorStatus(NamedTuple):
     """How each transport answers an error of one kind."""
 
@@ -190,7 +191,6 @@ class ModelNotFound(MLServerError, NotFound):
         super().__init__(message, 404)
         self.name = name
         self.version = version
-
 
 
 class Unavailable(V2DError):

@@ -121,9 +121,7 @@ class Restrictions:
                 seen[group] = restriction
         return cls(parsed)
 
-    def refusal(
-        self, group: Optional[str], headers: Any, prefixes: Tuple[str, ...] = ("",)
-    ) -> Optional[str]:
+    def refusal(self, group: Optional[str], headers: Any, prefixes: Tuple[str, ...] = ("",)) -> Optional[str]:
         """None if a request to ``group`` may pass, else the message to refuse it with."""
         if group is None:
             return None

@@ -925,8 +925,16 @@ class ModelSettings:
             else:
                 unknown.append(key)
         kwargs["unknown_fields"] = unknown
-        for key in ("name", "implementation", "platform", "max_batch_size", "max_batch_time",
-                    "warm_workers", "cache_enabled", "run_in_thread"):
+        for key in (
+            "name",
+            "implementation",
+            "platform",
+            "max_batch_size",
+            "max_batch_time",
+            "warm_workers",
+            "cache_enabled",
+            "run_in_thread",
+        ):
             if kwargs.get(key) is None:
                 kwargs.pop(key, None)
         settings = cls(**kwargs)

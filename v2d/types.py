@@ -76,6 +76,7 @@ class Datatype(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+
 #: Every tensor datatype of the protocol and its numpy dtype (``None`` for BYTES,
 #: which is a list of byte strings). Little-endian, as on the wire.
 DATATYPES: Dict[str, Optional[np.dtype]] = {
@@ -507,8 +508,10 @@ class _Unhidden:
 
 
 for _name, _value in list(vars(Parameters).items()):
-    if not _name.startswith("__") and callable(getattr(_value, "__get__", None)) and (
-        callable(_value) or isinstance(_value, (classmethod, staticmethod))
+    if (
+        not _name.startswith("__")
+        and callable(getattr(_value, "__get__", None))
+        and (callable(_value) or isinstance(_value, (classmethod, staticmethod)))
     ):
         setattr(Parameters, _name, _Unhidden(_name, _value))
 del _name, _value

@@ -295,9 +295,11 @@ def exposed_ports(settings: Dict[str, Any]) -> List[int]:
     """
     loaded = Settings.load(environ={}, file_values=settings)
     ports: List[int] = []
-    for port in [strports_tcp_port(e) for e in loaded.rest] + [grpc_port(loaded.grpc)] + [
-        strports_tcp_port(loaded.metrics) if loaded.metrics else None
-    ]:
+    for port in (
+        [strports_tcp_port(e) for e in loaded.rest]
+        + [grpc_port(loaded.grpc)]
+        + [strports_tcp_port(loaded.metrics) if loaded.metrics else None]
+    ):
         if port is not None and port not in ports:
             ports.append(port)
     return ports

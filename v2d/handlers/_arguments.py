@@ -33,8 +33,14 @@ __all__ = ["bind_arguments", "call_handler"]
 _SKIPPED = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
-_JSON_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list",
-               dict: "an object"}
+_JSON_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "a boolean",
+    list: "a list",
+    dict: "an object",
+}
 _NAMED_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 #: ``typing.Union`` and, from Python 3.10, the ``X | Y`` union.
 _UNIONS = tuple(u for u in (typing.Union, getattr(types, "UnionType", None)) if u is not None)

@@ -255,7 +255,10 @@ class CustomRoutes:
             )
 
     def _conflict(
-        self, owner: Tuple[str, str], key: Tuple[bytes, bytes], planned: Dict[Tuple[bytes, bytes], Route],
+        self,
+        owner: Tuple[str, str],
+        key: Tuple[bytes, bytes],
+        planned: Dict[Tuple[bytes, bytes], Route],
         attribute: str,
     ) -> Optional[str]:
         """Why (method, path) cannot be mounted for ``owner``, or None."""

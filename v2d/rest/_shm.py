@@ -25,7 +25,6 @@ __all__ = [
 ]
 
 
-
 def region_output_entry(output: Any) -> Dict[str, Any]:
     """
     The JSON form of an output written to a region: name, shape and datatype, no data

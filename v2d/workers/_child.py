@@ -255,19 +255,21 @@ class ChildServer:
     @property
     def _table(self) -> Dict[str, Handler]:
         if self._handlers is None:
-            self._handlers = table({
-                Op.PREDICT: lambda rid, body: self._predict_now(rid, body, output_writer(body)),
-                Op.INFER_ENCODED: lambda rid, body: self._infer_encoded(rid, *body),
-                Op.CUSTOM: lambda rid, body: self._custom(rid, *body),
-                Op.CANCEL: self._cancel,
-                Op.STREAM_OPEN: self._stream_open,
-                Op.STREAM_ITEM: self._stream_put,
-                Op.STREAM_CLOSE: lambda rid, _: self._stream_put(rid, _END),
-                Op.STREAM_CANCEL: self._cancel,
-                Op.RELEASE: self._release,
-                Op.LOAD: lambda rid, settings: self._spawn(rid, self._load(rid, settings)),
-                Op.UNLOAD: lambda rid, _: self._spawn(rid, self._unload(rid)),
-            })
+            self._handlers = table(
+                {
+                    Op.PREDICT: lambda rid, body: self._predict_now(rid, body, output_writer(body)),
+                    Op.INFER_ENCODED: lambda rid, body: self._infer_encoded(rid, *body),
+                    Op.CUSTOM: lambda rid, body: self._custom(rid, *body),
+                    Op.CANCEL: self._cancel,
+                    Op.STREAM_OPEN: self._stream_open,
+                    Op.STREAM_ITEM: self._stream_put,
+                    Op.STREAM_CLOSE: lambda rid, _: self._stream_put(rid, _END),
+                    Op.STREAM_CANCEL: self._cancel,
+                    Op.RELEASE: self._release,
+                    Op.LOAD: lambda rid, settings: self._spawn(rid, self._load(rid, settings)),
+                    Op.UNLOAD: lambda rid, _: self._spawn(rid, self._unload(rid)),
+                }
+            )
         return self._handlers
 
     def _unknown(self, op: str, rid: int) -> None:
@@ -454,8 +456,6 @@ def _encodings() -> Dict[str, Any]:
         else:
             _ENCODINGS[_encoded.WIRE] = _encoded
     return _ENCODINGS
-
-
 
 
 def _finish(done: asyncio.Future) -> None:

@@ -50,16 +50,18 @@ class WireClient:
         self._pending: Dict[int, Deferred] = {}
         self._streams: Dict[int, DeferredQueue] = {}
         self._settled: List[Deferred] = []
-        self._table: Dict[str, Handler] = table({
-            Op.RESULT: self._reply,
-            Op.LOADED: self._reply,
-            Op.UNLOADED: self._reply,
-            Op.ERROR: self._error,
-            Op.STREAM_ITEM: self._stream_item,
-            Op.STREAM_END: self._stream_end,
-            Op.RELEASE: self._release,
-            Op.METRICS: lambda rid, batch: self.metrics(batch),
-        })
+        self._table: Dict[str, Handler] = table(
+            {
+                Op.RESULT: self._reply,
+                Op.LOADED: self._reply,
+                Op.UNLOADED: self._reply,
+                Op.ERROR: self._error,
+                Op.STREAM_ITEM: self._stream_item,
+                Op.STREAM_END: self._stream_end,
+                Op.RELEASE: self._release,
+                Op.METRICS: lambda rid, batch: self.metrics(batch),
+            }
+        )
 
     @property
     def load(self) -> int:
@@ -196,4 +198,3 @@ class WireClient:
             waiting, self._settled = self._settled, []
             for d in waiting:
                 d.callback(None)
-

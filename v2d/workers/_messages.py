@@ -60,6 +60,7 @@ class Op(enum.Enum):
 #: Ops a child answers with one ``result`` (or ``loaded``/``unloaded``) or one ``error``.
 REQUESTS = frozenset({Op.LOAD, Op.PREDICT, Op.INFER_ENCODED, Op.CUSTOM, Op.UNLOAD})
 
+
 class LoadedInfo(TypedDict, total=False):
     """The body of ``loaded``: what the server needs to know of a loaded runtime."""
 

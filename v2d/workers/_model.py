@@ -94,8 +94,11 @@ class WorkerModel:
             if worker.state is not WorkerState.READY:
                 return None
             d = worker.call(Op.UNLOAD)
-            d.addErrback(lambda f: self.log.warn("{label}: unload failed: {reason}", label=worker.label,
-                                                 reason=str(f.value)))
+            d.addErrback(
+                lambda f: self.log.warn(
+                    "{label}: unload failed: {reason}", label=worker.label, reason=str(f.value)
+                )
+            )
             return d
 
         def one(worker: Worker) -> Deferred:
@@ -214,5 +217,3 @@ class WorkerModelFactory:
         run = self.pool.run_blocking
         assert run is not None
         return run(prepare)
-
-

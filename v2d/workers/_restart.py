@@ -36,7 +36,7 @@ class RestartPolicy:
         """The wait before the next restart of a child that lived ``lived`` seconds (and count it)."""
         if lived >= self.stable_after:
             self.failures = 0
-        delay = min(self.maximum, self.initial * (2 ** self.failures))
+        delay = min(self.maximum, self.initial * (2**self.failures))
         self.failures += 1
         return delay
 

@@ -321,7 +321,7 @@ def sweep_orphans(directory: str = "/dev/shm", prefix: str = "v2d-") -> int:
     except OSError:
         return 0
     for name in names:
-        pid = name[len(prefix):].partition("-")[0]
+        pid = name[len(prefix) :].partition("-")[0]
         if not name.startswith(prefix) or not pid.isdigit() or _alive(int(pid)):
             continue
         try:
@@ -344,7 +344,7 @@ def _alive(pid: int) -> bool:
 
 def _shm_frame(payload: bytes) -> Tuple[int, str]:
     (size,) = SIZE.unpack_from(payload)
-    path = os.fsdecode(bytes(payload[SIZE.size:]))
+    path = os.fsdecode(bytes(payload[SIZE.size :]))
     if os.path.dirname(path) not in SHM_DIRECTORIES or os.path.basename(path).startswith("."):
         raise WireError(f"shared-memory frame names an unexpected path {path!r}")
     return size, path
@@ -382,7 +382,7 @@ def write_all(fd: int, chunks: List[Any]) -> None:
     views = [memoryview(c).cast("B") for c in chunks if len(c)]
     i = 0
     while i < len(views):
-        n = os.writev(fd, views[i:i + IOV_MAX])
+        n = os.writev(fd, views[i : i + IOV_MAX])
         while n and i < len(views):
             size = len(views[i])
             if n >= size:
@@ -420,7 +420,7 @@ class FrameDecoder:
         while view:
             if self._target is not None:
                 n = min(len(view), len(self._target) - self._filled)
-                self._target[self._filled:self._filled + n] = view[:n]
+                self._target[self._filled : self._filled + n] = view[:n]
                 self._filled += n
                 view = view[n:]
                 if self._filled == len(self._target):
@@ -432,17 +432,17 @@ class FrameDecoder:
             while self._target is None and len(self._pending) >= HEADER.size:
                 kind, length = HEADER.unpack_from(self._pending)
                 if kind not in (KIND_JSON, KIND_PICKLE, KIND_BUFFER, KIND_SHM) or length > MAX_FRAME:
-                    raise WireError(f"bad frame header {bytes(self._pending[:HEADER.size])!r}")
+                    raise WireError(f"bad frame header {bytes(self._pending[: HEADER.size])!r}")
                 available = len(self._pending) - HEADER.size
                 if available >= length:
-                    payload = bytes(self._pending[HEADER.size:HEADER.size + length])
-                    del self._pending[:HEADER.size + length]
+                    payload = bytes(self._pending[HEADER.size : HEADER.size + length])
+                    del self._pending[: HEADER.size + length]
                     self._frame(kind, payload if kind != KIND_BUFFER else bytearray(payload))
                 else:
                     # a big frame: fill a buffer of its size directly from now on
                     self._kind = kind
                     self._target = bytearray(length)
-                    self._target[:available] = self._pending[HEADER.size:]
+                    self._target[:available] = self._pending[HEADER.size :]
                     self._filled = available
                     self._pending = bytearray()
 
@@ -454,7 +454,7 @@ class FrameDecoder:
             if kind != KIND_PICKLE:
                 raise WireError(f"expected a message head, got a {kind!r} frame")
             (self._expected,) = COUNT.unpack_from(payload)
-            self._head = bytes(payload[COUNT.size:])
+            self._head = bytes(payload[COUNT.size :])
             self._buffers = []
         elif kind == KIND_BUFFER:
             self._buffers.append(payload)
@@ -528,4 +528,4 @@ def read_message(stream: Any, shm: Optional[SharedMemory] = None) -> Optional[Tu
             buffers.append(_take(shm, bytes(body)))
         else:
             raise WireError(f"expected a buffer frame, got a {kind!r} frame")
-    return "pickle", loads(memoryview(payload)[COUNT.size:], buffers)
+    return "pickle", loads(memoryview(payload)[COUNT.size :], buffers)
