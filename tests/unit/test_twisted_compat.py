@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from typing import Any, List
 
 import pytest
-from twisted.internet import process
+from twisted.internet import process, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -218,3 +219,34 @@ def test_the_default_bad_request_answer_is_twisted_s():
     channel.makeConnection(transport)
     channel.dataReceived(b"NOT HTTP\r\n\r\n")
     assert transport.value() == b"HTTP/1.1 400 Bad Request\r\n\r\n"
+
+
+@pytest.fixture
+def tcp_transport(asyncio_reactor):
+    """A real Twisted TCP server transport over a connected loopback socket (reactor not run)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    accepted, address = listener.accept()
+    accepted.setblocking(False)
+    transport = tcp.Server(accepted, Protocol(), address, None, 1, asyncio_reactor)
+    yield transport, client
+    transport.connectionLost(Failure(ConnectionDone()))
+    client.close()
+    listener.close()
+
+
+def test_an_idle_tcp_transport_gives_its_socket(tcp_transport):
+    transport, client = tcp_transport
+    sock = _twisted.idle_socket(transport)
+    assert sock is transport.socket
+    sock.send(b"at once")
+    assert client.recv(100) == b"at once"
+    transport.write(b"queued while the reactor does not run")
+    assert _twisted.idle_socket(transport) is None, "bytes are queued: they go first"
+    assert _twisted.idle_socket(StringTransport()) is None, "not a socket transport"
+
+
+def test_a_tcp_transport_without_its_buffer_attributes_gives_no_socket(tcp_transport, monkeypatch):
+    transport, _ = tcp_transport
+    monkeypatch.delattr(transport, "_tempDataLen")
+    assert _twisted.idle_socket(transport) is None, "the transport's own queue is used"
