@@ -18,6 +18,7 @@ import asyncio
 import inspect
 from typing import Any, Dict, Optional
 
+from twisted.internet import abstract
 from twisted.internet.interfaces import IProtocol
 from twisted.web import http
 from twisted.web.server import Site
@@ -88,6 +89,8 @@ def idle_socket(transport: Any) -> Optional[Any]:
     sent on it now keep their order; None otherwise, and for TLS and other transports
     (everything then goes through ``transport.write``).
     """
+    if not isinstance(transport, abstract.FileDescriptor):
+        return None  # a wrapper (TLS) that passes ``socket`` on to the transport under it
     sock = getattr(transport, "socket", None)
     if sock is None or not hasattr(sock, "send") or not writer_idle(transport):
         return None

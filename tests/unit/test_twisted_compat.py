@@ -18,9 +18,11 @@ from twisted.internet import process, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
@@ -244,6 +246,12 @@ def test_an_idle_tcp_transport_gives_its_socket(tcp_transport):
     transport.write(b"queued while the reactor does not run")
     assert _twisted.idle_socket(transport) is None, "bytes are queued: they go first"
     assert _twisted.idle_socket(StringTransport()) is None, "not a socket transport"
+    wrapped = TLSMemoryBIOFactory(CertificateOptions(), False, Factory.forProtocol(Protocol)).buildProtocol(
+        None
+    )
+    wrapped.transport = transport
+    assert wrapped.socket is transport.socket, "the wrapper passes the attribute on"
+    assert _twisted.idle_socket(wrapped) is None, "TLS: bytes must go through the wrapper"
 
 
 def test_a_tcp_transport_without_its_buffer_attributes_gives_no_socket(tcp_transport, monkeypatch):
