@@ -406,7 +406,7 @@ def version_text() -> str:
     from v2d import __version__
 
     parts = []
-    for name in ("twisted", "klein", "grpcio", "protobuf", "numpy"):
+    for name in ("twisted", "klein", "grpcio", "h2", "protobuf", "numpy"):
         try:
             parts.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
