@@ -15,7 +15,16 @@ from typing import Any, Awaitable, Callable, Optional
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-__all__ = ["CANCELLATIONS", "as_deferred", "call", "as_future", "ensure_future", "result_of"]
+__all__ = [
+    "CANCELLATIONS",
+    "NOT_ANSWERED",
+    "answer_of",
+    "as_deferred",
+    "call",
+    "as_future",
+    "ensure_future",
+    "result_of",
+]
 
 #: What cancelled work fails with, on either side of the seam.
 CANCELLATIONS = (CancelledError, asyncio.CancelledError)
@@ -53,6 +62,21 @@ def as_future(d: Deferred, loop: Optional[asyncio.AbstractEventLoop] = None) -> 
     return d.asFuture(loop)
 
 
+#: What ``answer_of`` gives for a Deferred that has no value (yet).
+NOT_ANSWERED: Any = object()
+
+
+def answer_of(d: Deferred) -> Any:
+    """
+    The value ``d`` has fired with, or ``NOT_ANSWERED`` if it has not fired, waits on
+    another Deferred (it is paused then) or failed: a synchronous model's answer,
+    taken without a callback.
+    """
+    if d.called and not d.paused and not isinstance(d.result, Failure):
+        return d.result
+    return NOT_ANSWERED
+
+
 def _kept(result: Any, box: list) -> Any:
     box.append(result)
     return result
@@ -64,6 +88,9 @@ async def result_of(d: Deferred, loop: Optional[asyncio.AbstractEventLoop] = Non
     synchronous model's answer) gives its result at once, with no Future and no trip
     through the loop; otherwise as ``as_future`` (cancelling the awaiting task cancels it).
     """
+    answer = answer_of(d)
+    if answer is not NOT_ANSWERED:
+        return answer
     fired: list = []
     d.addBoth(_kept, fired)
     if not fired:

@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from v2d._responses import complete_response
 from v2d._version import __version__
-from v2d.aio import CANCELLATIONS, as_deferred, ensure_future
+from v2d.aio import CANCELLATIONS, NOT_ANSWERED, answer_of, as_deferred, ensure_future
 from v2d.errors import Cancelled, FailedPrecondition, Internal, Unavailable, Unimplemented, V2DError
 from v2d.interfaces import IDataPlane, IEncodedInference, IModelRegistry, IModelRepository
 from v2d.registry import describe_failure
@@ -35,21 +35,7 @@ from v2d.shm import refuse_regions, write_outputs
 from v2d.tensors import check_requested_outputs
 from v2d.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataServerResponse
 
-__all__ = ["NOT_ANSWERED", "DataPlane", "ResponseStream", "answer_of"]
-
-#: What ``answer_of`` gives for a Deferred that has no value (yet).
-NOT_ANSWERED: Any = object()
-
-
-def answer_of(d: Deferred) -> Any:
-    """
-    The value ``d`` has fired with, or ``NOT_ANSWERED`` if it has not fired, waits on
-    another Deferred (it is paused then) or failed: a synchronous model's answer,
-    taken without a callback.
-    """
-    if d.called and not d.paused and not isinstance(d.result, Failure):
-        return d.result
-    return NOT_ANSWERED
+__all__ = ["DataPlane", "ResponseStream"]
 
 
 @implementer(IDataPlane)

@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from v2d._coro import Resumed
 from v2d.errors import StatusCodeError
 from v2d.runtime import MLModel
 from v2d.types import (
@@ -327,35 +328,6 @@ async def _resolve(value: Any) -> Any:
 _AGAIN = object()
 
 
-class _Resumed:
-    """The rest of a coroutine that was run up to its first wait (on ``waiting``)."""
-
-    __slots__ = ("coro", "waiting")
-
-    def __init__(self, coro: Any, waiting: Any) -> None:
-        self.coro = coro
-        self.waiting = waiting
-
-    def __await__(self) -> Any:
-        coro, value = self.coro, self.waiting
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # thrown in by the task (a cancellation)
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as done:
-                    return done.value
-
-
 class MLServerRuntime(MLModel):
     """
     A subclass of the real ``mlserver.MLModel``, served as a v2d runtime.
@@ -461,7 +433,7 @@ class MLServerRuntime(MLModel):
             self._leave_context(tokens)
         if waiting is _AGAIN:
             return self._finish(self.model.predict(request), request.id)
-        return self._finish(_Resumed(pending, waiting), request.id)
+        return self._finish(Resumed(pending, waiting), request.id)
 
     async def _finish(self, pending: Any, request_id: str) -> InferenceResponse:
         self._enter_context()  # in the task's own context

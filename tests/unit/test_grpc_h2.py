@@ -1,8 +1,8 @@
 """
 The h2 gRPC engine's pieces that need no connection: ``grpc-timeout``, ``grpc-message``
 encoding, metadata both ways, handler lookup through interceptors, and running a
-handler coroutine in place (the rest as a task only when it waits). The engine on real
-sockets is tested in tests/integration/test_grpc_h2_engine.py.
+handler coroutine in place (the rest as a task only when it waits: ``v2d._coro``).
+The engine on real sockets is tested in tests/integration/test_grpc_h2_engine.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from urllib.parse import unquote
 import grpc
 import pytest
 
+from v2d._coro import Resumed
 from v2d.grpc import _h2
 
 
@@ -108,7 +109,7 @@ def test_resume_continues_a_coroutine_that_waited():
         coro = handler(steps)
         first = coro.send(None)  # run in place up to the first wait, as the engine does
         assert steps == ["start"]
-        result = await asyncio.ensure_future(_h2._resumed(coro, first))
+        result = await asyncio.ensure_future(Resumed(coro, first))
         assert steps == ["start", "resumed"]
         return result
 
@@ -131,7 +132,7 @@ def test_resume_passes_cancellation_into_the_coroutine():
         seen: list = []
         coro = handler(seen)
         first = coro.send(None)
-        task = asyncio.ensure_future(_h2._resumed(coro, first))
+        task = asyncio.ensure_future(Resumed(coro, first))
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

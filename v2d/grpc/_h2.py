@@ -25,7 +25,8 @@ import socket
 import struct
 import time
 import zlib
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from urllib.parse import quote
 
 import grpc
 from h2 import events
@@ -46,6 +47,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from v2d._coro import Resumed
 from v2d._twisted import idle_socket
 
 __all__ = ["H2Server", "GRPCProtocol", "listen", "parse_timeout", "percent_encode"]
@@ -79,6 +81,9 @@ _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b
 _TIMEOUT = re.compile(rb"^([0-9]{1,8})([HMSmun])$")
 _PREFIX = struct.Struct(">BI")
 
+#: Printable ASCII but ``%``: what ``grpc-message`` keeps as it is (quote keeps letters and digits).
+_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
 _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 _ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity,deflate,gzip")
 _OK_TRAILERS = ((b"grpc-status", b"0"),)
@@ -94,13 +99,7 @@ def parse_timeout(value: bytes) -> Optional[float]:
 
 def percent_encode(text: str) -> bytes:
     """``grpc-message``'s encoding: UTF-8, with bytes outside 0x20-0x7E and ``%`` as ``%XX``."""
-    out = bytearray()
-    for byte in text.encode("utf-8"):
-        if 0x20 <= byte <= 0x7E and byte != 0x25:
-            out.append(byte)
-        else:
-            out += b"%%%02X" % byte
-    return bytes(out)
+    return quote(text, safe=_MESSAGE_SAFE).encode("ascii")
 
 
 def _metadata_value(key: str, value: Any) -> bytes:
@@ -135,36 +134,6 @@ def _decode_metadata(headers: Sequence[Tuple[bytes, bytes]]) -> Tuple[Tuple[str,
         else:
             pairs.append((key, value.decode("latin-1")))
     return tuple(pairs)
-
-
-class _Resume:
-    """The rest of a handler coroutine that waited in its first step, as an awaitable."""
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Any, first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    def __await__(self) -> Any:
-        coro, value = self.coro, self.first
-        while True:
-            try:
-                sent = yield value
-            except BaseException as e:  # a cancelled task throws into the waiting coroutine
-                try:
-                    value = coro.throw(e)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-
-
-async def _resumed(coro: Any, first: Any) -> Any:
-    return await _Resume(coro, first)
 
 
 class _Aborted(Exception):
@@ -230,15 +199,6 @@ class Context:
     def peer(self) -> str:
         return self._call.protocol.peer_name()
 
-    def peer_identities(self) -> Optional[List[bytes]]:
-        return None
-
-    def auth_context(self) -> Dict[str, Any]:
-        return {}
-
-    def add_done_callback(self, callback: Any) -> None:
-        self._call.done_callbacks.append(callback)
-
 
 class Call:
     """One gRPC call on one HTTP/2 stream."""
@@ -265,7 +225,6 @@ class Call:
         self.pending = bytearray()  # response bytes waiting for flow-control window
         self.trailers: Optional[List[Tuple[bytes, bytes]]] = None  # to send once pending is out
         self.drained: Optional[asyncio.Future] = None
-        self.done_callbacks: List[Any] = []
         self.context = Context(self)
 
     # -- responses ---------------------------------------------------------------------
@@ -395,16 +354,11 @@ class Call:
             self.ended = True
             self.protocol.call_ended(self)
 
-    def run_done_callbacks(self) -> None:
+    def stop_timer(self) -> None:
+        """The call has ended: its deadline no longer matters."""
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
-        callbacks, self.done_callbacks = self.done_callbacks, []
-        for callback in callbacks:
-            try:
-                callback(self.context)
-            except Exception:
-                log.failure("a gRPC done callback failed")
 
 
 class _StatusError(Exception):
@@ -687,7 +641,7 @@ class GRPCProtocol(Protocol):
             log.failure("serving a gRPC call failed")
             call.finish(grpc.StatusCode.INTERNAL, "internal error")
             return
-        call.task = asyncio.ensure_future(_resumed(coro, first))
+        call.task = asyncio.ensure_future(Resumed(coro, first))
 
     async def _serve(self, call: Call) -> None:
         handler = call.handler
@@ -727,8 +681,6 @@ class GRPCProtocol(Protocol):
             log.failure("unexpected error serving {method}", method=call.method)
             call.finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(e)}: {e}")
         finally:
-            if call.ended:
-                call.run_done_callbacks()
             self.write_pending()
 
     async def _request_iterator(self, call: Call, deserialize: Any) -> Any:
@@ -745,7 +697,7 @@ class GRPCProtocol(Protocol):
     def call_ended(self, call: Call) -> None:
         if self.calls.get(call.stream_id) is call:
             del self.calls[call.stream_id]
-        call.run_done_callbacks()
+        call.stop_timer()
         if self.closing and not self.calls:
             self.write_pending(force=True)  # the last call's answer goes out before the connection closes
             self.transport.loseConnection()  # type: ignore[union-attr]
@@ -816,6 +768,10 @@ class H2Server(Factory):
         self.max_receive = max_receive
         self.max_send = max_send
         self.interceptors = list(interceptors)
+        #: The interceptors chained once, ending in ``find`` (None without interceptors).
+        self._intercepted: Optional[Callable[[Any], Any]] = None
+        for interceptor in reversed(self.interceptors):
+            self._intercepted = _chain(interceptor, self._intercepted or self._found)
         self.generic: List[Any] = []
         self.methods: Dict[str, Any] = {}
         self.connections: set = set()
@@ -847,22 +803,15 @@ class H2Server(Factory):
 
     def lookup(self, method: str, metadata: Any) -> Any:
         """The handler of ``method`` after the interceptors (None: no such method)."""
-        if not self.interceptors:
+        if self._intercepted is None:
             return self.find(method)
+        return _now(self._intercepted(_Details(method, metadata)))
 
-        async def continuation(details: Any) -> Any:
-            return self.find(details.method)
-
-        chained = continuation
-        for interceptor in reversed(self.interceptors):
-            chained = _chain(interceptor, chained)
-        return _now(chained(_Details(method, metadata)))
+    async def _found(self, details: Any) -> Any:
+        return self.find(details.method)
 
     def buildProtocol(self, addr: Any) -> GRPCProtocol:
         return GRPCProtocol(self)
-
-    def active_calls(self) -> int:
-        return sum(len(p.calls) for p in self.connections)
 
     def connection_lost(self, protocol: GRPCProtocol) -> None:
         # stopping, a connection closes when its last call has ended and its bytes are

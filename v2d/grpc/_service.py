@@ -19,7 +19,6 @@ from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
 from v2d.aio import as_future, result_of
-from v2d.dataplane import NOT_ANSWERED, answer_of
 from v2d.errors import InvalidArgument, V2DError, grpc_code_name
 from v2d.grpc import _shm
 from v2d.grpc._convert import (
@@ -198,10 +197,7 @@ class InferenceServicer:
         else:
             name, version, payload, raw = decode_infer_request(request)
         attach_headers(payload, metadata_headers(context.invocation_metadata()))
-        served = self.dataplane.infer(name, version, payload, model)
-        response = answer_of(served)  # a synchronous model's answer is there already
-        if response is NOT_ANSWERED:
-            response = await result_of(served)
+        response = await result_of(self.dataplane.infer(name, version, payload, model))
         headers = take_headers(response)
         body = serialize_infer_response(response, raw)
         if headers:
