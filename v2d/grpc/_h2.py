@@ -1,10 +1,10 @@
 """
 gRPC served by Twisted itself: the ``h2`` engine (``--grpc-engine h2``).
 
-The h2 library keeps each connection's HTTP/2 state (frames, HPACK, flow control,
-settings, pings); this module adds gRPC on top: a call per stream, length-prefixed
-messages, ``grpc-timeout`` deadlines, gzip/deflate request messages, status and
-metadata in trailers. It serves the same ``grpc.RpcMethodHandler``s as grpc.aio
+``_http2.py`` keeps each connection's HTTP/2 state (frames, flow control, settings,
+pings; HPACK decoding is the hpack library's); this module adds gRPC on top: a call
+per stream, length-prefixed messages, ``grpc-timeout`` deadlines, gzip/deflate
+request messages, status and metadata in trailers. It serves the same ``grpc.RpcMethodHandler``s as grpc.aio
 (v2d's servicers, health and reflection), with a context offering what
 ``grpc.aio.ServicerContext`` offers them.
 
@@ -29,13 +29,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from urllib.parse import quote
 
 import grpc
-from h2 import events
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.exceptions import H2Error, ProtocolError
-from h2.settings import SettingCodes
-from hyperframe.frame import GoAwayFrame
 from OpenSSL.crypto import FILETYPE_PEM
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
@@ -49,22 +42,19 @@ from zope.interface import implementer
 
 from v2d._coro import Resumed
 from v2d._twisted import idle_socket
+from v2d.grpc._http2 import (
+    DEFAULT_WINDOW,
+    NO_ERROR,
+    Block,
+    Connection,
+    HTTP2Error,
+    StreamGone,
+    encode_headers,
+)
 
 __all__ = ["H2Server", "GRPCProtocol", "listen", "parse_timeout", "percent_encode"]
 
 log = Logger()
-
-_CONFIG = H2Configuration(
-    client_side=False,
-    header_encoding=None,  # header names and values stay bytes
-    # h2's header checks cost a tenth of a small call; _request reads the few headers
-    # gRPC needs itself (a missing :path is an unknown method, a wrong :method or
-    # content-type an HTTP error) and metadata is only passed on
-    validate_inbound_headers=False,
-    normalize_inbound_headers=False,
-    validate_outbound_headers=False,  # ours, built below
-    normalize_outbound_headers=False,
-)
 
 #: Local settings announced to clients.
 WINDOW = 4 * 1024 * 1024
@@ -86,7 +76,10 @@ _MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 _ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity,deflate,gzip")
-_OK_TRAILERS = ((b"grpc-status", b"0"),)
+#: The header blocks of every answer, encoded once.
+_RESPONSE_BLOCK = encode_headers(_RESPONSE_HEADERS + (_ACCEPT_ENCODING,))
+_STATUS_BLOCK = encode_headers(_RESPONSE_HEADERS)  # a trailers-only answer's start
+_OK_TRAILERS_BLOCK = encode_headers(((b"grpc-status", b"0"),))
 
 
 def parse_timeout(value: bytes) -> Optional[float]:
@@ -134,6 +127,15 @@ def _decode_metadata(headers: Sequence[Tuple[bytes, bytes]]) -> Tuple[Tuple[str,
         else:
             pairs.append((key, value.decode("latin-1")))
     return tuple(pairs)
+
+
+def _status_block(status: int, details: str, trailing: Sequence[Tuple[bytes, bytes]]) -> bytes:
+    """The trailers of a status: ``grpc-status``, ``grpc-message`` and trailing metadata."""
+    headers = [(b"grpc-status", b"%d" % status)]
+    if details:
+        headers.append((b"grpc-message", percent_encode(details)))
+    headers.extend(trailing)
+    return encode_headers(headers)
 
 
 class _Aborted(Exception):
@@ -203,11 +205,11 @@ class Context:
 class Call:
     """One gRPC call on one HTTP/2 stream."""
 
-    def __init__(self, protocol: "GRPCProtocol", stream_id: int, method: str, headers: Any) -> None:
+    def __init__(self, protocol: "GRPCProtocol", stream_id: int, method: str, metadata: Any) -> None:
         self.protocol = protocol
         self.stream_id = stream_id
         self.method = method
-        self.metadata = _decode_metadata(headers)
+        self.metadata = metadata
         self.deadline: Optional[float] = None
         self.encoding = b"identity"
         self.buffer = bytearray()
@@ -223,7 +225,7 @@ class Call:
         self.task: Optional[asyncio.Future] = None
         self.timer: Any = None
         self.pending = bytearray()  # response bytes waiting for flow-control window
-        self.trailers: Optional[List[Tuple[bytes, bytes]]] = None  # to send once pending is out
+        self.trailers: Optional[bytes] = None  # the block to send once pending is out
         self.drained: Optional[asyncio.Future] = None
         self.context = Context(self)
 
@@ -233,10 +235,8 @@ class Call:
         if self.headers_sent or self.ended:
             return
         self.headers_sent = True
-        headers = list(_RESPONSE_HEADERS)
-        headers.append(_ACCEPT_ENCODING)
-        headers.extend(extra)
-        self.protocol.conn.send_headers(self.stream_id, headers)
+        block = _RESPONSE_BLOCK + encode_headers(extra) if extra else _RESPONSE_BLOCK
+        self.protocol.conn.send_headers(self.stream_id, block)
 
     def send_message(self, data: bytes) -> None:
         """Queue one serialized response message (flow control permitting, sent at once)."""
@@ -249,8 +249,18 @@ class Call:
                 f"Sent message larger than max ({len(data)} vs. {limit})",
             )
         self.send_headers()
-        self.pending += _PREFIX.pack(0, len(data))
-        self.pending += data
+        framed = _PREFIX.pack(0, len(data)) + data
+        if not self.pending:  # as much as the windows allow goes now, the rest waits
+            try:
+                sent = self.protocol.conn.send_data(self.stream_id, framed)
+            except StreamGone:
+                self.abandon()
+                return
+            if sent == len(framed):
+                self.protocol.write_pending()
+                return
+            framed = framed[sent:]
+        self.pending += framed
         self.flush()
 
     def finish(
@@ -262,54 +272,43 @@ class Call:
         status = code.value[0]
         if not self.headers_sent and not self.pending:
             # trailers-only: one HEADERS frame with the status
-            headers = list(_RESPONSE_HEADERS)
-            headers.append((b"grpc-status", b"%d" % status))
-            if details:
-                headers.append((b"grpc-message", percent_encode(details)))
-            headers.extend(trailing)
+            block = _STATUS_BLOCK + _status_block(status, details, trailing)
             self.headers_sent = True
-            self.trailers = []
-            self._close(lambda: self.protocol.conn.send_headers(self.stream_id, headers, end_stream=True))
+            self.trailers = b""
+            self._close(block)
             return
         if status == 0 and not details and not trailing:
-            self.trailers = list(_OK_TRAILERS)
+            self.trailers = _OK_TRAILERS_BLOCK
         else:
-            self.trailers = [(b"grpc-status", b"%d" % status)]
-            if details:
-                self.trailers.append((b"grpc-message", percent_encode(details)))
-            self.trailers.extend(trailing)
+            self.trailers = _status_block(status, details, trailing)
         self.flush()
 
     def flush(self) -> None:
         conn = self.protocol.conn
         if self.ended:
             return
-        try:
-            while self.pending:
-                window = min(conn.local_flow_control_window(self.stream_id), conn.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                chunk = bytes(self.pending[:window])
-                del self.pending[:window]
-                conn.send_data(self.stream_id, chunk)
-        except H2Error:
-            self.pending.clear()
-            self.abandon()
-            return
+        if self.pending:
+            try:
+                sent = conn.send_data(self.stream_id, self.pending)
+            except StreamGone:
+                self.pending.clear()
+                self.abandon()
+                return
+            del self.pending[:sent]
         if not self.pending:
             if self.drained is not None and not self.drained.done():
                 self.drained.set_result(None)
             self.drained = None
             if self.trailers is not None:
-                trailers = self.trailers
-                self._close(lambda: conn.send_headers(self.stream_id, trailers, end_stream=True))
+                self._close(self.trailers)
                 return
         self.protocol.write_pending()
 
-    def _close(self, send: Any) -> None:
+    def _close(self, block: bytes) -> None:
+        """Send the trailers ``block``, ending the stream, and forget the call."""
         try:
-            send()
-        except H2Error:
+            self.protocol.conn.send_headers(self.stream_id, block, end_stream=True)
+        except StreamGone:
             pass
         self.ended = True
         self.protocol.write_pending()  # out before anything that waits for the call's end runs
@@ -340,10 +339,7 @@ class Call:
             self.finish(code, details)
             if not self.half_closed:
                 # the status is sent; NO_ERROR tells the client to stop sending (RFC 9113 8.1)
-                try:
-                    self.protocol.conn.reset_stream(self.stream_id, ErrorCodes.NO_ERROR)
-                except H2Error:
-                    pass
+                self.protocol.conn.reset(self.stream_id, NO_ERROR)
             self.protocol.write_pending()
         else:
             self.abandon()
@@ -383,7 +379,7 @@ class GRPCProtocol(Protocol):
 
     def __init__(self, server: "H2Server") -> None:
         self.server = server
-        self.conn = H2Connection(config=_CONFIG)
+        self.conn: Connection = None  # type: ignore[assignment]  # made with the connection
         self.calls: Dict[int, Call] = {}
         self.closing = False
         self._receiving = False
@@ -399,16 +395,13 @@ class GRPCProtocol(Protocol):
         host = getattr(peer, "host", "")
         port = getattr(peer, "port", "")
         self._peer = f"ipv6:[{host}]:{port}" if ":" in str(host) else f"ipv4:{host}:{port}"
-        conn = self.conn
-        conn.initiate_connection()
-        conn.update_settings(
-            {
-                SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-                SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
-                SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-            }
+        self.conn = Connection(
+            self,
+            window=WINDOW,
+            connection_window=DEFAULT_WINDOW + 4 * WINDOW,
+            max_streams=MAX_STREAMS,
+            max_header_list=MAX_HEADER_LIST,
         )
-        conn.increment_flow_control_window(WINDOW * 4)
         self.write_pending()
 
     def peer_name(self) -> str:
@@ -416,7 +409,7 @@ class GRPCProtocol(Protocol):
 
     def write_pending(self, force: bool = False) -> None:
         """
-        Send what h2 has queued. With nothing queued on the transport it goes on the
+        Send what the connection has queued. With nothing queued on the transport it goes on the
         socket at once (as the REST fast route's answers do), sparing the transport's
         writable-then-not cycle and a pass of the loop per call; what the socket does not
         take goes through ``transport.write``.
@@ -446,45 +439,37 @@ class GRPCProtocol(Protocol):
         self.server.connection_lost(self)
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            received = self.conn.receive_data(data)
-        except ProtocolError as e:
-            log.info("gRPC connection from {peer} closed: {error}", peer=self._peer, error=e)
-            self.write_pending()
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
+        if self.conn is None or self.conn.closed:
+            return  # the connection is closing: nothing more is read
         self._receiving = True
         try:
-            self._events(received)
+            self.conn.receive(data)
+        except HTTP2Error as e:
+            log.info("gRPC connection from {peer} closed: {error}", peer=self._peer, error=e)
+            self._drop()
         finally:
             self._receiving = False
         self.write_pending()
 
-    def _events(self, received: List[Any]) -> None:
-        for event in received:
-            kind = type(event)
-            if kind is events.DataReceived:
-                self._data(event)  # type: ignore[arg-type]
-            elif kind is events.RequestReceived:
-                self._request(event)  # type: ignore[arg-type]
-            elif kind is events.StreamEnded:
-                self._ended(event.stream_id)  # type: ignore[attr-defined]
-            elif kind is events.WindowUpdated:
-                self._window(event.stream_id)  # type: ignore[attr-defined]
-            elif kind is events.StreamReset:
-                call = self.calls.get(event.stream_id)  # type: ignore[attr-defined]
-                if call is not None:
-                    call.cancel()
-            elif kind is events.ConnectionTerminated:
-                for call in list(self.calls.values()):
-                    call.cancel()
-                self.write_pending(force=True)
-                self.transport.loseConnection()  # type: ignore[union-attr]
-                return
-            elif kind is events.TrailersReceived:
-                self._ended(event.stream_id)  # type: ignore[attr-defined]
+    def _drop(self) -> None:
+        """Read no more; the connection closes once its last bytes (a GOAWAY) are out."""
+        self.conn.closed = True
+        for call in list(self.calls.values()):
+            call.cancel()
+        self.write_pending(force=True)
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
-    def _window(self, stream_id: int) -> None:
+    # -- what the HTTP/2 connection tells (_http2.Connection's handler) ------------------
+
+    def stream_reset(self, stream_id: int) -> None:
+        call = self.calls.get(stream_id)
+        if call is not None:
+            call.cancel()
+
+    def peer_going_away(self) -> None:
+        self._drop()
+
+    def window_opened(self, stream_id: int) -> None:
         if stream_id:
             call = self.calls.get(stream_id)
             if call is not None:
@@ -496,29 +481,15 @@ class GRPCProtocol(Protocol):
 
     # -- calls ---------------------------------------------------------------------------
 
-    def _request(self, event: Any) -> None:
-        stream_id = event.stream_id
-        method = path = b""
-        content_type = b""
-        timeout = encoding = None
-        for name, value in event.headers:
-            if name == b":path":
-                path = value
-            elif name == b":method":
-                method = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"grpc-timeout":
-                timeout = value
-            elif name == b"grpc-encoding":
-                encoding = value
-        if method != b"POST":
-            self._http_refusal(stream_id, b"405")
+    def request_received(self, stream_id: int, block: Block) -> None:
+        parsed = block.parsed
+        if parsed is None:  # the first time this connection sees the block
+            parsed = block.parsed = _read_request(block.headers)
+        refusal, path, timeout, encoding, metadata = parsed
+        if refusal is not None:
+            self._http_refusal(stream_id, refusal)
             return
-        if not content_type.startswith(b"application/grpc"):
-            self._http_refusal(stream_id, b"415")
-            return
-        call = Call(self, stream_id, path.decode("ascii", "replace"), event.headers)
+        call = Call(self, stream_id, path, metadata)
         self.calls[stream_id] = call
         if self.closing or self.server.stopping:
             call.finish(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
@@ -550,24 +521,20 @@ class GRPCProtocol(Protocol):
             self._start(call, self._serve(call))
 
     def _http_refusal(self, stream_id: int, status: bytes) -> None:
-        try:
-            self.conn.send_headers(stream_id, [(b":status", status)], end_stream=True)
-        except H2Error:
-            pass
+        self.conn.send_headers(stream_id, encode_headers(((b":status", status),)), end_stream=True)
 
-    def _data(self, event: Any) -> None:
-        stream_id = event.stream_id
-        if event.flow_controlled_length:
-            try:
-                self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
-            except H2Error:
-                pass
+    def data_received(self, stream_id: int, data: memoryview) -> None:
         call = self.calls.get(stream_id)
         if call is None or call.ended or call.trailers is not None:
             return
         buffer = call.buffer
-        buffer += event.data
         limit = self.server.max_receive
+        if not buffer and len(data) >= 5:  # one whole message in one frame: no copy into the buffer
+            flag, length = _PREFIX.unpack_from(data)
+            if length + 5 == len(data) and length <= limit:
+                self._message(call, flag, bytes(data[5:]), limit)
+                return
+        buffer += data
         while len(buffer) >= 5:
             flag, length = _PREFIX.unpack_from(buffer)
             if length > limit:
@@ -580,20 +547,26 @@ class GRPCProtocol(Protocol):
                 return
             message = bytes(buffer[5 : 5 + length])
             del buffer[: 5 + length]
-            if flag & 1:
-                try:
-                    message = self._inflate(call, message, limit)
-                except _StatusError as e:
-                    call.cancel(e.code, e.details)
-                    return
-            call.received += 1
-            if call.requests is not None:
-                call.requests.put_nowait(message)
-            elif call.received > 1:
-                call.cancel(grpc.StatusCode.UNIMPLEMENTED, "a unary call carries one request message")
+            if not self._message(call, flag, message, limit):
                 return
-            else:
-                call.message = message  # served at the stream's end
+
+    def _message(self, call: Call, flag: int, message: bytes, limit: int) -> bool:
+        """One request message of ``call``; False if that ended the call."""
+        if flag & 1:
+            try:
+                message = self._inflate(call, message, limit)
+            except _StatusError as e:
+                call.cancel(e.code, e.details)
+                return False
+        call.received += 1
+        if call.requests is not None:
+            call.requests.put_nowait(message)
+        elif call.received > 1:
+            call.cancel(grpc.StatusCode.UNIMPLEMENTED, "a unary call carries one request message")
+            return False
+        else:
+            call.message = message  # served at the stream's end
+        return True
 
     @staticmethod
     def _inflate(call: Call, message: bytes, limit: int) -> bytes:
@@ -613,7 +586,7 @@ class GRPCProtocol(Protocol):
             )
         return data
 
-    def _ended(self, stream_id: int) -> None:
+    def stream_ended(self, stream_id: int) -> None:
         call = self.calls.get(stream_id)
         if call is None or call.half_closed:
             return
@@ -709,12 +682,10 @@ class GRPCProtocol(Protocol):
         if self.closing:
             return
         self.closing = True
-        self.write_pending()
-        # h2's close_connection ends the connection's state, after which the calls in
-        # flight could not answer; the GOAWAY frame is written past it instead, and
-        # streams the client opens anyway are refused (UNAVAILABLE) by _request.
-        goaway = GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id, error_code=0)
-        self.transport.write(goaway.serialize())  # type: ignore[union-attr]
+        # calls in flight still answer; streams the client opens anyway are refused
+        # (UNAVAILABLE) by request_received
+        self.conn.go_away()
+        self.write_pending(force=True)
         if not self.calls:
             self.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -729,6 +700,32 @@ class GRPCProtocol(Protocol):
     def _abort(self) -> None:
         if self in self.server.connections:
             self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+def _read_request(headers: Sequence[Tuple[bytes, bytes]]) -> Tuple[Any, str, Any, Any, Any]:
+    """
+    What a call needs of its request headers: an HTTP status refusing it (or None), the
+    method's path, ``grpc-timeout``, ``grpc-encoding`` and the metadata.
+    """
+    method = path = content_type = b""
+    timeout = encoding = None
+    for name, value in headers:
+        if name == b":path":
+            path = value
+        elif name == b":method":
+            method = value
+        elif name == b"content-type":
+            content_type = value
+        elif name == b"grpc-timeout":
+            timeout = value
+        elif name == b"grpc-encoding":
+            encoding = value
+    refusal = None
+    if method != b"POST":
+        refusal = b"405"
+    elif not content_type.startswith(b"application/grpc"):
+        refusal = b"415"
+    return refusal, path.decode("ascii", "replace"), timeout, encoding, _decode_metadata(headers)
 
 
 def _chain(interceptor: Any, continuation: Any) -> Any:
