@@ -36,7 +36,7 @@ setup(
         "grpcio>=1.66.0",
         "grpcio-health-checking>=1.66.0",
         "grpcio-reflection>=1.66.0",
-        "h2>=4.1.0",
+        "hpack>=4.0.0",
         "protobuf>=5.27.0",
         "numpy>=1.26",
         "zope.interface>=6.0",
@@ -50,6 +50,7 @@ setup(
         "pandas": ["pandas>=2.0"],
         "test": [
             "pytest>=8.0",
+            "h2>=4.1.0",  # an HTTP/2 client of its own, for the h2 engine's tests
             "treq>=23.11.0",
             # 2.42 and later cap grpcio below 1.68, under what v2d installs: this bound
             # keeps pip from backtracking through every release to find that out.

@@ -13,7 +13,7 @@ on a shared machine; rates move with whatever else runs. Run from the repository
 
     python benchmarks/grpc_ceiling.py serve --port 8091
     python benchmarks/grpc_ceiling.py measure [-c 1 -c 16] [-D 10] [--rounds 2]
-        [--servers floor,v2d,v2d-w1,v2d-h2] [--target kserve=PID@127.0.0.1:8081]
+        [--servers floor,v2d,v2d-w1,v2d-grpcio] [--target kserve=PID@127.0.0.1:8081]
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ def main_measure(args: argparse.Namespace) -> None:
         "floor": _Floor,
         "v2d": lambda: _v2d(0, write_repository(os.path.join(work, "models"), "v2d")),
         "v2d-w1": lambda: _v2d(1, write_repository(os.path.join(work, "models-w1"), "v2d")),
-        "v2d-h2": lambda: _v2d(
-            0, write_repository(os.path.join(work, "models-h2"), "v2d"), "--grpc-engine", "h2"
+        "v2d-grpcio": lambda: _v2d(
+            0, write_repository(os.path.join(work, "models-grpcio"), "v2d"), "--grpc-engine", "grpcio"
         ),
     }
     servers: List[Tuple[str, Any]] = []
@@ -213,7 +213,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     m.add_argument("-c", "--concurrency", type=int, action="append")
     m.add_argument("-D", "--duration", type=int, default=10)
     m.add_argument("--rounds", type=int, default=2, help="each measurement N times, least CPU kept")
-    m.add_argument("--servers", default="floor,v2d", help="started here: floor, v2d, v2d-w1, v2d-h2")
+    m.add_argument("--servers", default="floor,v2d", help="started here: floor, v2d, v2d-w1, v2d-grpcio")
     m.add_argument("--target", action="append", default=[], help="LABEL=PID@HOST:PORT, already running")
     args = parser.parse_args(argv)
     if args.command == "serve":

@@ -162,7 +162,7 @@ def say(message: str) -> None:
 SERVERS: Dict[str, str] = {
     "v2d": "v2d",
     "v2d-w1": "v2d --workers 1",
-    "v2d-h2": "v2d --grpc-engine h2",
+    "v2d-grpcio": "v2d --grpc-engine grpcio",
     "mls": "MLServer defaults (1 worker, debug)",
     "mls-inproc": "MLServer in-process (debug)",
     "mls-nodebug": "MLServer 1 worker, debug off",
@@ -258,10 +258,8 @@ def build_cases(data: Dict[str, str], quick: bool) -> List[Case]:
             if transport == "rest":
                 entries.append(entry("ceiling"))
             else:
-                entries.insert(1, entry("v2d-h2"))
+                entries.insert(1, entry("v2d-grpcio"))
             targets = kserve_targets(f"small {transport} c{c}", 2.0)
-            if transport == "grpc":
-                targets += kserve_targets(f"small grpc c{c}", 2.0, "v2d-h2")
             if c == 16:
                 targets += [
                     Target("v2d", "mls", 3.0, f"small {transport} c16: v2d >= 3x MLServer defaults"),
@@ -301,6 +299,8 @@ def build_cases(data: Dict[str, str], quick: bool) -> List[Case]:
                 entry("mls-inproc"),
                 entry("kserve", suffix, rest_format=v2d_format),
             ]
+            if transport == "grpc":
+                entries.insert(1, entry("v2d-grpcio"))
             what = "REST binary" if transport == "rest" else "gRPC raw"
             # KServe has the binary tensor extension: binary against binary
             targets = [
@@ -472,7 +472,9 @@ def start_servers(
         "v2d-mls": v2d_in_mlserver_venv,
         "v2d": lambda: V2dServer(SERVERS["v2d"], v2d_models, workers=0),
         "v2d-w1": lambda: V2dServer(SERVERS["v2d-w1"], v2d_models, workers=1),
-        "v2d-h2": lambda: V2dServer(SERVERS["v2d-h2"], v2d_models, options=("--grpc-engine", "h2")),
+        "v2d-grpcio": lambda: V2dServer(
+            SERVERS["v2d-grpcio"], v2d_models, options=("--grpc-engine", "grpcio")
+        ),
         "mls": lambda: MLServerPeer(SERVERS["mls"], peer_python, peer_models, 1, True),
         "mls-inproc": lambda: MLServerPeer(SERVERS["mls-inproc"], peer_python, peer_models, 0, True),
         "mls-nodebug": lambda: MLServerPeer(SERVERS["mls-nodebug"], peer_python, peer_models, 1, False),

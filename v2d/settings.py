@@ -126,7 +126,7 @@ def _coerce(where: str, name: str, kind: Any, value: Any) -> Any:
 
 #: The asyncio loops the server can run on: ``auto`` is uvloop where it is installed.
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
-GRPC_ENGINES = ("grpcio", "h2")
+GRPC_ENGINES = ("h2", "grpcio")
 
 #: Where a value came from; the higher wins: command line > environment > settings.json > defaults.
 _DEFAULT, _FILE, _ENV, _COMMAND_LINE = 0, 1, 2, 3
@@ -415,7 +415,7 @@ class Settings:
     grpc_tls_cert: Optional[str] = None
     grpc_tls_key: Optional[str] = None
     grpc_tls_client_ca: Optional[str] = None
-    grpc_engine: str = "grpcio"
+    grpc_engine: str = "h2"
     http_restricted_api: List[str] = field(default_factory=list)
     grpc_restricted_protocol: List[str] = field(default_factory=list)
     shutdown_timeout: float = 30.0

@@ -208,8 +208,8 @@ class Options(usage.Options):
             "grpc-engine",
             None,
             None,
-            "What serves gRPC: grpcio (grpc.aio on the event loop) or h2 (HTTP/2 in Twisted, "
-            "cheaper per call) [default: grpcio].",
+            "What serves gRPC: h2 (HTTP/2 in Twisted, the least CPU and latency per call) or "
+            "grpcio (grpc.aio on the event loop) [default: h2].",
         ],
         [
             "shutdown-timeout",
@@ -406,7 +406,7 @@ def version_text() -> str:
     from v2d import __version__
 
     parts = []
-    for name in ("twisted", "klein", "grpcio", "h2", "protobuf", "numpy"):
+    for name in ("twisted", "klein", "grpcio", "hpack", "protobuf", "numpy"):
         try:
             parts.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:

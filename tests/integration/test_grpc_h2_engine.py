@@ -1,10 +1,12 @@
 """
-The h2 gRPC engine (``--grpc-engine h2``) against real clients: grpcio stubs and
-tritonclient on a real ``twistd v2d``. What the shared gRPC suites do not reach is here:
+The h2 gRPC engine (the default, ``--grpc-engine h2``) against real clients: grpcio
+stubs, tritonclient and the h2 library on a real ``twistd v2d``. What the shared gRPC
+suites do not reach is here:
 deadlines, compressed requests, big messages through flow control, message limits,
 unknown methods, HTTP/2 requests that are not gRPC, a client that sends garbage,
-cancellation, and a shutdown with a call in flight. (The other gRPC suites run on this
-engine too: ``test_grpc_engines_alike`` runs them again with ``V2D_GRPC_ENGINE=h2``.)
+cancellation, and a shutdown with a call in flight. (The other gRPC suites run on the
+grpcio engine too: ``test_grpc_engines_alike`` runs them again with
+``V2D_GRPC_ENGINE=grpcio``.)
 """
 
 from __future__ import annotations
@@ -247,7 +249,7 @@ def test_shutdown_lets_a_call_in_flight_finish(tmp_path):
         daemon.stop()
 
 
-#: The suites whose gRPC cases run again on the h2 engine.
+#: The suites whose gRPC cases run again on the grpcio engine.
 ALIKE = [
     "tests/integration/test_clients.py",
     "tests/integration/test_cancel.py",
@@ -260,8 +262,8 @@ ALIKE = [
 
 
 def test_grpc_engines_alike():
-    """The gRPC suites above, run again with the h2 engine (``V2D_GRPC_ENGINE=h2``)."""
-    env = dict(os.environ, V2D_GRPC_ENGINE="h2")
+    """The gRPC suites above, run again with the grpcio engine (``V2D_GRPC_ENGINE=grpcio``)."""
+    env = dict(os.environ, V2D_GRPC_ENGINE="grpcio")
     done = subprocess.run(
         [
             sys.executable,

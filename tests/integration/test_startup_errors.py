@@ -105,7 +105,7 @@ def test_version(tmp_path):
     from v2d import __version__
 
     assert out.startswith(f"v2d {__version__} (twisted ")
-    assert "numpy" in out and "h2 " in out and "Python" in out
+    assert "numpy" in out and "hpack " in out and "Python" in out
 
 
 def test_a_bare_port_is_a_tcp_port(models):

@@ -67,7 +67,12 @@ SETTINGS = {
 
 
 class LoopReactor:
-    """What GRPCServer needs of the reactor: its asyncio loop."""
+    """
+    What GRPCServer's grpcio engine needs of the reactor: its asyncio loop. (These tests
+    serve with the grpcio engine, which needs no reactor; the default h2 engine listens
+    through a running reactor and is tested on a real ``twistd v2d`` in
+    tests/integration, where every gRPC suite runs on both engines.)
+    """
 
     def __init__(self, loop):
         self._asyncioEventloop = loop
@@ -96,6 +101,7 @@ def serve(dataplane, test, **settings):
     async def main():
         loop = asyncio.get_running_loop()
         await as_future(dataplane.load_all(), loop)
+        settings.setdefault("grpc_engine", "grpcio")
         server = GRPCServer(dataplane, Settings(grpc="127.0.0.1:0", **settings), LoopReactor(loop))
         await as_future(server.start(), loop)
         try:
@@ -347,7 +353,7 @@ def test_tls(dataplane, tmp_path):
     async def main():
         loop = asyncio.get_running_loop()
         await as_future(dataplane.load_all(), loop)
-        settings = Settings(grpc="127.0.0.1:0", grpc_tls_cert=cert, grpc_tls_key=key)
+        settings = Settings(grpc="127.0.0.1:0", grpc_tls_cert=cert, grpc_tls_key=key, grpc_engine="grpcio")
         server = GRPCServer(dataplane, settings, LoopReactor(loop))
         await as_future(server.start(), loop)
         try:

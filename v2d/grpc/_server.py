@@ -189,7 +189,7 @@ class GRPCServer:
             raise RuntimeError(f"gRPC cannot listen on {address}")
         await server.start()
         self.server, self.port = server, port
-        self._listening(address)
+        self._listening(f"{address} (grpcio)")
         return port
 
     def stop(self, grace_seconds: Optional[float] = None) -> Deferred:
