@@ -97,6 +97,18 @@ def idle_socket(transport: Any) -> Optional[Any]:
     return sock
 
 
+def read_more(transport: Any, size: int) -> bool:
+    """
+    Let a socket transport read up to ``size`` bytes at a time (``bufferSize``, 64 KiB by
+    default) when it reads less; False for transports that have no such knob (TLS).
+    """
+    if not isinstance(transport, abstract.FileDescriptor):
+        return False
+    if getattr(transport, "bufferSize", size) < size:
+        transport.bufferSize = size
+    return True
+
+
 def request_disconnected(request: Any) -> bool:
     """
     Whether the client of a ``twisted.web`` request has gone (nothing can be written).

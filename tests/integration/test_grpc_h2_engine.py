@@ -155,6 +155,15 @@ def test_message_limit(server):
         assert "larger than max" in caught.value.details()
 
 
+def test_metadata_over_the_limit_fails_its_call_only(server):
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            _infer(channel)(_request("echo", np.ones(2)), metadata=[("x-big", "b" * 20_000)])
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        response = _infer(channel)(_request("echo", np.ones(2)), metadata=[("x-small", "s")])
+        assert np.array_equal(_y(response), np.ones(2, np.float32))
+
+
 def test_unknown_method_and_errors(server):
     with grpc.insecure_channel(server.grpc_address) as channel:
         with pytest.raises(grpc.RpcError) as caught:

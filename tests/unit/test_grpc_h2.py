@@ -144,3 +144,30 @@ def test_resume_passes_cancellation_into_the_coroutine():
         assert loop.run_until_complete(main()) == ["cancelled"]
     finally:
         loop.close()
+
+
+def test_gathered_sends_return_what_the_socket_did_not_take():
+    import socket
+
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        data = bytes(range(256)) * 4096  # 1 MiB, more than the socket holds
+        pieces = [b"head"] + [memoryview(data)[i : i + 1000] for i in range(0, len(data), 1000)]
+        rest = _h2._send_gathered(ours, pieces)
+        assert rest, "a full socket leaves pieces over"
+        theirs.setblocking(False)
+        got = bytearray()
+        while True:
+            try:
+                chunk = theirs.recv(1 << 20)
+            except BlockingIOError:
+                break
+            got += chunk
+        assert bytes(got) + b"".join(rest) == b"head" + data
+        assert _h2._send_gathered(ours, [b"small", memoryview(b"er")]) == []
+        assert theirs.recv(100) == b"smaller"
+    finally:
+        ours.close()
+        theirs.close()

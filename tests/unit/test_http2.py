@@ -316,12 +316,18 @@ def test_broken_frames_end_the_connection_with_their_code(data, code):
     assert goaway[0] == _http2.GOAWAY and struct.unpack(">II", goaway[3])[1] == code
 
 
-def test_a_header_list_past_the_limit_is_refused():
+def test_a_header_list_past_the_limit_is_the_handlers_to_refuse():
+    conn, handler, encoder = opened(max_header_list=1024)
+    big = REQUEST + [(b"big", b"b" * 2000)]
+    conn.receive(frame(_http2.HEADERS, _http2.END_HEADERS, 1, encoder.encode(big)))
+    assert handler.blocks[0].size == sum(len(n) + len(v) + 32 for n, v in big)
+
+
+def test_a_header_list_far_past_the_limit_ends_the_connection():
     conn, _, encoder = opened(max_header_list=1024)
+    big = REQUEST + [(b"big", b"b" * (_http2.HARD_LIMIT * 1024))]
     with pytest.raises(HTTP2Error) as e:
-        conn.receive(
-            frame(_http2.HEADERS, _http2.END_HEADERS, 1, encoder.encode(REQUEST + [(b"big", b"b" * 2000)]))
-        )
+        conn.receive(frame(_http2.HEADERS, _http2.END_HEADERS, 1, encoder.encode(big)))
     assert e.value.code == _http2.ENHANCE_YOUR_CALM
 
 
@@ -412,3 +418,24 @@ def test_encoded_headers_decode_with_hpack():
     assert block[0] == 0x88  # :status 200 is a static entry: one byte
     assert hpack.Decoder().decode(block, raw=True) == headers
     assert not changes_table(block)
+
+
+def test_a_prefix_opens_the_data_in_any_window():
+    conn, _, encoder = opened(settings(window=3))
+    conn.receive(frame(_http2.HEADERS, _http2.END_HEADERS, 1, encoder.encode(REQUEST)))
+    conn.data_to_send()
+    data = b"0123456789" * 4000  # 40,000 bytes
+    assert conn.send_data(1, data, b"\x00abcd") == 3  # less than the prefix
+    conn.receive(frame(_http2.WINDOW_UPDATE, 0, 1, struct.pack(">I", 65535)))
+    conn.receive(frame(_http2.SETTINGS, 0, 0, settings(frame=16384)))
+    sent = b"".join(p for k, _, _, p in frames(conn.data_to_send()) if k == _http2.DATA)
+    assert sent == b"\x00ab"
+    conn2, _, encoder2 = opened(settings(window=1 << 20))
+    conn2.receive(frame(_http2.HEADERS, _http2.END_HEADERS, 1, encoder2.encode(REQUEST)))
+    conn2.data_to_send()
+    assert conn2.send_data(1, data, b"\x00abcd") == 40005
+    pieces = conn2.take_output()
+    assert any(isinstance(p, memoryview) for p in pieces), "the data is queued as views, not copied"
+    out = frames(b"".join(pieces))
+    assert [len(p) for *_, p in out] == [16384, 16384, 7237]
+    assert b"".join(p for *_, p in out) == b"\x00abcd" + data

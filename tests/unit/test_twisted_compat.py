@@ -258,3 +258,12 @@ def test_a_tcp_transport_without_its_buffer_attributes_gives_no_socket(tcp_trans
     transport, _ = tcp_transport
     monkeypatch.delattr(transport, "_tempDataLen")
     assert _twisted.idle_socket(transport) is None, "the transport's own queue is used"
+
+
+def test_a_tcp_transport_can_be_told_to_read_more(tcp_transport):
+    transport, _ = tcp_transport
+    assert transport.bufferSize == 64 * 1024, "Twisted's default, which read_more raises"
+    assert _twisted.read_more(transport, 1024 * 1024)
+    assert transport.bufferSize == 1024 * 1024
+    assert _twisted.read_more(transport, 4096) and transport.bufferSize == 1024 * 1024, "never lowered"
+    assert not _twisted.read_more(StringTransport(), 1024 * 1024), "not a socket transport"

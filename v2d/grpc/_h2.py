@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from v2d._coro import Resumed
-from v2d._twisted import idle_socket
+from v2d._twisted import idle_socket, read_more
 from v2d.grpc._http2 import (
     DEFAULT_WINDOW,
     NO_ERROR,
@@ -212,7 +212,11 @@ class Call:
         self.metadata = metadata
         self.deadline: Optional[float] = None
         self.encoding = b"identity"
-        self.buffer = bytearray()
+        self.head = bytearray()  # a message prefix that came split between frames
+        self.incoming: Optional[List[memoryview]] = None  # a message coming in frame by frame
+        self.expected = 0  # its length
+        self.filled = 0  # how much of it has come
+        self.flag = 0  # its compressed flag
         self.handler: Any = None
         self.serialize: Any = None  # a streaming call's response serializer (context.write)
         self.requests: Optional[asyncio.Queue] = None  # streaming requests
@@ -224,7 +228,8 @@ class Call:
         self.cancelled = False
         self.task: Optional[asyncio.Future] = None
         self.timer: Any = None
-        self.pending = bytearray()  # response bytes waiting for flow-control window
+        #: Response bytes waiting for the flow-control window (views of unchanging bytes).
+        self.pending: List[memoryview] = []
         self.trailers: Optional[bytes] = None  # the block to send once pending is out
         self.drained: Optional[asyncio.Future] = None
         self.context = Context(self)
@@ -249,19 +254,24 @@ class Call:
                 f"Sent message larger than max ({len(data)} vs. {limit})",
             )
         self.send_headers()
-        framed = _PREFIX.pack(0, len(data)) + data
-        if not self.pending:  # as much as the windows allow goes now, the rest waits
-            try:
-                sent = self.protocol.conn.send_data(self.stream_id, framed)
-            except StreamGone:
-                self.abandon()
-                return
-            if sent == len(framed):
-                self.protocol.write_pending()
-                return
-            framed = framed[sent:]
-        self.pending += framed
-        self.flush()
+        prefix = _PREFIX.pack(0, len(data))
+        if self.pending:  # after what waits already
+            self.pending.append(memoryview(prefix))
+            self.pending.append(memoryview(data))
+            self.flush()
+            return
+        try:  # as much as the windows allow goes now (data itself, not a copy), the rest waits
+            sent = self.protocol.conn.send_data(self.stream_id, data, prefix)
+        except StreamGone:
+            self.abandon()
+            return
+        if sent < 5 + len(data):
+            if sent < 5:
+                self.pending.append(memoryview(prefix)[sent:])
+            self.pending.append(memoryview(data)[max(0, sent - 5) :])
+            self.flush()
+            return
+        self.protocol.write_pending()
 
     def finish(
         self, code: grpc.StatusCode, details: str = "", trailing: Sequence[Tuple[bytes, bytes]] = ()
@@ -287,15 +297,19 @@ class Call:
         conn = self.protocol.conn
         if self.ended:
             return
-        if self.pending:
+        pending = self.pending
+        while pending:
             try:
-                sent = conn.send_data(self.stream_id, self.pending)
+                sent = conn.send_data(self.stream_id, pending[0])
             except StreamGone:
-                self.pending.clear()
+                pending.clear()
                 self.abandon()
                 return
-            del self.pending[:sent]
-        if not self.pending:
+            if sent < len(pending[0]):
+                pending[0] = pending[0][sent:]
+                break
+            del pending[0]
+        if not pending:
             if self.drained is not None and not self.drained.done():
                 self.drained.set_result(None)
             self.drained = None
@@ -416,11 +430,18 @@ class GRPCProtocol(Protocol):
         """
         if self._receiving and not force:
             return  # dataReceived sends everything once, at its end
-        data = self.conn.data_to_send()
+        pieces = self.conn.take_output()
         transport = self.transport
-        if not data or transport is None:
+        if not pieces or transport is None:
             return
         sock = idle_socket(transport)
+        if sock is not None and len(pieces) > 2 and sum(map(len, pieces)) > _GATHER_AT:
+            # big DATA: the socket takes the pieces where they are (no copy into one)
+            pieces = _send_gathered(sock, pieces)
+            if pieces:
+                transport.write(b"".join(pieces))
+            return
+        data = b"".join(pieces) if len(pieces) > 1 else bytes(pieces[0])
         if sock is not None:
             try:
                 sent = sock.send(data)
@@ -494,6 +515,13 @@ class GRPCProtocol(Protocol):
         if self.closing or self.server.stopping:
             call.finish(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             return
+        if block.size > MAX_HEADER_LIST:
+            call.finish(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the request's headers and metadata are {block.size} bytes, "
+                f"over the limit of {MAX_HEADER_LIST}",
+            )
+            return
         if encoding is not None and encoding != b"identity":
             if encoding not in (b"gzip", b"deflate"):
                 call.finish(
@@ -527,28 +555,48 @@ class GRPCProtocol(Protocol):
         call = self.calls.get(stream_id)
         if call is None or call.ended or call.trailers is not None:
             return
-        buffer = call.buffer
         limit = self.server.max_receive
-        if not buffer and len(data) >= 5:  # one whole message in one frame: no copy into the buffer
-            flag, length = _PREFIX.unpack_from(data)
-            if length + 5 == len(data) and length <= limit:
-                self._message(call, flag, bytes(data[5:]), limit)
-                return
-        buffer += data
-        while len(buffer) >= 5:
-            flag, length = _PREFIX.unpack_from(buffer)
-            if length > limit:
-                call.cancel(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"Received message larger than max ({length} vs. {limit})",
-                )
-                return
-            if len(buffer) < 5 + length:
-                return
-            message = bytes(buffer[5 : 5 + length])
-            del buffer[: 5 + length]
-            if not self._message(call, flag, message, limit):
-                return
+        pos, end = 0, len(data)
+        while pos < end:
+            incoming = call.incoming
+            if incoming is None:  # a message starts
+                head = call.head
+                if head or end - pos < 5:
+                    take = min(5 - len(head), end - pos)
+                    head += data[pos : pos + take]
+                    pos += take
+                    if len(head) < 5:
+                        return
+                    flag, length = _PREFIX.unpack(head)
+                    head.clear()
+                else:
+                    flag, length = _PREFIX.unpack_from(data, pos)
+                    pos += 5
+                if length > limit:
+                    call.cancel(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"Received message larger than max ({length} vs. {limit})",
+                    )
+                    return
+                if end - pos >= length:  # whole in this frame
+                    pos += length
+                    if not self._message(call, flag, bytes(data[pos - length : pos]), limit):
+                        return
+                    continue
+                call.incoming = incoming = []
+                call.expected, call.filled, call.flag = length, 0, flag
+                if length >= _BIG:
+                    read_more(self.transport, _BIG)
+            # the frames' bytes are kept as they came (views of bytes, which do not
+            # change) and joined once, when the message is whole
+            take = min(call.expected - call.filled, end - pos)
+            incoming.append(data[pos : pos + take])
+            call.filled += take
+            pos += take
+            if call.filled == call.expected:
+                call.incoming = None
+                if not self._message(call, call.flag, b"".join(incoming), limit):
+                    return
 
     def _message(self, call: Call, flag: int, message: bytes, limit: int) -> bool:
         """One request message of ``call``; False if that ended the call."""
@@ -596,7 +644,7 @@ class GRPCProtocol(Protocol):
         if call.requests is not None:
             call.requests.put_nowait(None)
             return
-        if call.buffer:
+        if call.head or call.incoming is not None:
             call.finish(grpc.StatusCode.INTERNAL, "the request ends inside a message")
             return
         if call.message is None:
@@ -700,6 +748,38 @@ class GRPCProtocol(Protocol):
     def _abort(self) -> None:
         if self in self.server.connections:
             self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+#: A request message this big has its connection read this much at a time from then on.
+_BIG = 1024 * 1024
+#: Answers at least this big go to the socket as the pieces they are (``sendmsg``).
+_GATHER_AT = 64 * 1024
+#: Pieces per ``sendmsg`` (Linux's IOV_MAX is 1,024).
+_IOV_MAX = 1024
+
+
+def _send_gathered(sock: socket.socket, pieces: List[Any]) -> List[Any]:
+    """Send ``pieces`` with ``sendmsg`` while the socket takes them; what it did not take."""
+    while pieces:
+        batch = pieces[:_IOV_MAX]
+        try:
+            sent = sock.sendmsg(batch)
+        except OSError:  # full, or broken: the transport finds out and says so
+            return pieces
+        taken = 0
+        for piece in batch:
+            size = len(piece)
+            if sent < size:
+                break
+            sent -= size
+            taken += 1
+        if taken < len(batch):
+            rest = pieces[taken:]
+            if sent:
+                rest[0] = memoryview(rest[0])[sent:]
+            return rest
+        pieces = pieces[taken:]
+    return pieces
 
 
 def _read_request(headers: Sequence[Tuple[bytes, bytes]]) -> Tuple[Any, str, Any, Any, Any]:

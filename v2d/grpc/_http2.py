@@ -174,17 +174,24 @@ def changes_table(block: bytes) -> bool:
 
 
 class Block:
-    """A decoded request header block; ``parsed`` is the engine's own reading of it."""
+    """
+    A decoded request header block: its headers, their size as HTTP/2 counts it (RFC
+    9113 6.5.2: names, values and 32 per field) and ``parsed``, the engine's own reading.
+    """
 
-    __slots__ = ("headers", "parsed")
+    __slots__ = ("headers", "size", "parsed")
 
     def __init__(self, headers: List[Tuple[bytes, bytes]]) -> None:
         self.headers = headers
+        self.size = sum(len(name) + len(value) + 32 for name, value in headers)
         self.parsed: Any = None
 
 
 #: Header blocks a connection remembers at most (more are decoded each time).
 _REMEMBERED = 32
+#: A header list this many times the announced limit ends the connection; one over the
+#: limit but under this is the handler's to refuse (``Block.size``), the connection going on.
+HARD_LIMIT = 8
 
 
 # -- streams -------------------------------------------------------------------------------
@@ -202,7 +209,11 @@ class _Stream:
 
 
 class Connection:
-    """One server connection's HTTP/2 state; bytes in by :meth:`receive`, out by :meth:`data_to_send`."""
+    """
+    One server connection's HTTP/2 state: bytes in by :meth:`receive`, out by
+    :meth:`take_output` (the buffers to send, in order: DATA payloads are views of what
+    was given to :meth:`send_data`, not copies) or :meth:`data_to_send` (joined).
+    """
 
     def __init__(
         self,
@@ -219,13 +230,13 @@ class Connection:
         self.streams: Dict[int, _Stream] = {}
         #: The highest stream id the peer has opened (a GOAWAY's last stream).
         self.highest = 0
-        self._out = bytearray()
+        self._out: List[Any] = []
         self._in = bytearray()  # the start of a frame not whole yet
         self._need = 0  # the bytes it takes to be whole
         self._preface = True
         self._settled = False  # the peer's first SETTINGS has come
         self._continued: Optional[Tuple[int, int, bytearray]] = None  # a header block in pieces
-        self._decoder = Decoder(max_header_list_size=max_header_list)
+        self._decoder = Decoder(max_header_list_size=HARD_LIMIT * max_header_list)
         self._blocks: Dict[bytes, Block] = {}
         # what we announce
         self.window = window
@@ -254,16 +265,17 @@ class Connection:
     # -- output ----------------------------------------------------------------------------
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes = b"") -> None:
+        self._out.append(_HEAD.pack(len(payload) << 8 | kind, flags, stream_id) + payload)
+
+    def take_output(self) -> List[Any]:
+        """The bytes-like buffers queued to send, in order (the queue is then empty)."""
         out = self._out
-        out += _HEAD.pack(len(payload) << 8 | kind, flags, stream_id)
-        out += payload
+        self._out = []
+        return out
 
     def data_to_send(self) -> bytes:
-        if not self._out:
-            return b""
-        data = bytes(self._out)
-        self._out.clear()
-        return data
+        """What is queued to send, joined."""
+        return b"".join(self.take_output())
 
     def send_headers(self, stream_id: int, block: bytes, end_stream: bool = False) -> None:
         """Send a header block (from :func:`encode_headers`); ``end_stream``: trailers."""
@@ -289,27 +301,37 @@ class Connection:
         if stream is not None:
             self._local_close(stream_id, stream)
 
-    def send_data(self, stream_id: int, data: Union[bytes, bytearray, memoryview]) -> int:
-        """Send as much of ``data`` as the windows allow; how much that was."""
+    def send_data(self, stream_id: int, data: Union[bytes, memoryview], prefix: bytes = b"") -> int:
+        """
+        Send as much of ``prefix`` then ``data`` as the windows allow; how many bytes that
+        was. ``data`` must not change until it is sent (it is queued as views, not copied).
+        """
         stream = self.streams.get(stream_id)
         if stream is None or stream.local_closed:
             raise StreamGone(stream_id)
-        size = min(len(data), self.send_window, stream.send_window)
+        head = len(prefix)
+        total = head + len(data)
+        size = min(total, self.send_window, stream.send_window)
         if size <= 0:
             return 0
         self.send_window -= size
         stream.send_window -= size
         limit = self.peer_frame
         out = self._out
-        if size <= limit:
-            out += _HEAD.pack(size << 8 | DATA, 0, stream_id)
-            out += data if size == len(data) else memoryview(data)[:size]
+        if size == total and size <= limit:
+            out.append(_HEAD.pack(size << 8 | DATA, 0, stream_id) + prefix)
+            out.append(data)
             return size
         view = memoryview(data)
         for start in range(0, size, limit):
-            chunk = view[start : min(start + limit, size)]
-            out += _HEAD.pack(len(chunk) << 8 | DATA, 0, stream_id)
-            out += chunk
+            end = min(start + limit, size)
+            out.append(_HEAD.pack((end - start) << 8 | DATA, 0, stream_id))
+            if start < head:  # the prefix opens the first frame
+                out.append(prefix[start : min(head, end)])
+                if end > head:
+                    out.append(view[: end - head])
+            else:
+                out.append(view[start - head : end - head])
         return size
 
     def can_send(self, stream_id: int) -> int:
@@ -493,7 +515,7 @@ class Connection:
             raise HTTP2Error(PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
         block = continued[2]
         block += payload
-        if len(block) > 2 * self.max_header_list:
+        if len(block) > HARD_LIMIT * self.max_header_list:
             raise HTTP2Error(ENHANCE_YOUR_CALM, "a header block larger than the header list limit")
         if flags & END_HEADERS:
             self._continued = None
