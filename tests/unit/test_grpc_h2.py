@@ -171,3 +171,51 @@ def test_gathered_sends_return_what_the_socket_did_not_take():
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_streaming_handler_that_falls_behind_slows_its_client():
+    """
+    Requests of a streaming call that wait in its queue are not given back to the
+    client's window until the handler takes them (a protocol over a StringTransport:
+    no socket and no reactor; the handler never gets to run, as if it were busy).
+    """
+    import struct
+
+    import hpack
+    from twisted.internet.testing import StringTransport
+
+    from v2d.grpc import _http2
+
+    async def stream(requests, context):  # pragma: no cover - never resumed here
+        async for _ in requests:
+            yield b""
+
+    server = _h2.H2Server(reactor=None)
+    server.add_registered_method_handlers("s.S", {"Stream": grpc.stream_stream_rpc_method_handler(stream)})
+    head = struct.Struct(">IBI")
+
+    def frame(kind, flags, stream_id, payload=b""):
+        return head.pack(len(payload) << 8 | kind, flags, stream_id) + payload
+
+    block = hpack.Encoder().encode(
+        [(":method", "POST"), (":path", "/s.S/Stream"), ("content-type", "application/grpc")]
+    )
+    message = b"\x00" + struct.pack(">I", 1000) + b"m" * 1000
+
+    async def main():
+        protocol = server.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(
+            _http2.PREFACE
+            + frame(_http2.SETTINGS, 0, 0)
+            + frame(_http2.HEADERS, _http2.END_HEADERS, 1, block)
+            + b"".join(frame(_http2.DATA, 0, 1, message) for _ in range(10))
+        )
+        call = protocol.calls[1]  # its handler waits for the loop, which this does not give it
+        assert call.requests.qsize() == 10
+        queued_after = _h2._QUEUED * len(message)
+        assert call.unconsumed == 10 * len(message) - queued_after, "past the queue's bound: held back"
+        assert protocol.conn.streams[1].unacknowledged == queued_after
+        protocol.connectionLost(None)
+
+    asyncio.run(main())

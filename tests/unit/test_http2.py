@@ -233,16 +233,26 @@ def test_a_long_header_block_goes_in_continuations():
     )
 
 
-def test_received_data_is_given_back_in_window_updates():
+def test_received_data_is_given_back_once_consumed():
     conn, handler, encoder = opened(window=1000, connection_window=100000)
     conn.receive(frame(_http2.HEADERS, _http2.END_HEADERS, 1, encoder.encode(REQUEST)))
-    conn.receive(frame(_http2.DATA, 0, 1, b"a" * 499))
+    conn.receive(frame(_http2.DATA, 0, 1, b"a" * 600))
+    assert conn.data_to_send() == b"", "not consumed yet: the client's window stays spent"
+    conn.consumed(1, 499)
     assert conn.data_to_send() == b""
-    conn.receive(frame(_http2.DATA, 0, 1, b"a" * 1))  # half the stream's window: given back
+    conn.consumed(1, 1)  # half the stream's window: given back
     assert frames(conn.data_to_send()) == [(_http2.WINDOW_UPDATE, 0, 1, struct.pack(">I", 500))]
+    conn.receive(frame(_http2.DATA, 0, 1, b"a" * 900))  # 400 left and 500 given back: all of it
     with pytest.raises(HTTP2Error) as e:
-        conn.receive(frame(_http2.DATA, 0, 1, b"a" * 1001))  # past the stream's window
+        conn.receive(frame(_http2.DATA, 0, 1, b"a" * 1))
     assert e.value.code == _http2.FLOW_CONTROL_ERROR
+
+
+def test_padding_is_given_back_at_once():
+    conn, _, encoder = opened(window=100, connection_window=100000)
+    conn.receive(frame(_http2.HEADERS, _http2.END_HEADERS, 1, encoder.encode(REQUEST)))
+    conn.receive(frame(_http2.DATA, _http2.PADDED, 1, bytes([60]) + b"d" + b"\x00" * 60))
+    assert frames(conn.data_to_send()) == [(_http2.WINDOW_UPDATE, 0, 1, struct.pack(">I", 61))]
 
 
 def test_data_on_a_reset_stream_is_dropped_but_given_back():

@@ -217,6 +217,7 @@ class Call:
         self.expected = 0  # its length
         self.filled = 0  # how much of it has come
         self.flag = 0  # its compressed flag
+        self.unconsumed = 0  # request bytes not yet given back to the client's window
         self.handler: Any = None
         self.serialize: Any = None  # a streaming call's response serializer (context.write)
         self.requests: Optional[asyncio.Queue] = None  # streaming requests
@@ -554,7 +555,12 @@ class GRPCProtocol(Protocol):
     def data_received(self, stream_id: int, data: memoryview) -> None:
         call = self.calls.get(stream_id)
         if call is None or call.ended or call.trailers is not None:
+            self.conn.consumed(stream_id, len(data))
             return
+        if call.requests is not None and call.requests.qsize() >= _QUEUED:
+            call.unconsumed += len(data)  # given back as the handler takes messages
+        else:
+            self.conn.consumed(stream_id, len(data))
         limit = self.server.max_receive
         pos, end = 0, len(data)
         while pos < end:
@@ -709,6 +715,10 @@ class GRPCProtocol(Protocol):
         assert queue is not None
         while True:
             item = await queue.get()
+            if call.unconsumed and queue.qsize() < _QUEUED:  # the handler caught up
+                self.conn.consumed(call.stream_id, call.unconsumed)
+                call.unconsumed = 0
+                self.write_pending()
             if item is None:
                 return
             if isinstance(item, _Aborted):
@@ -750,6 +760,9 @@ class GRPCProtocol(Protocol):
             self.transport.abortConnection()  # type: ignore[union-attr]
 
 
+#: Request messages a streaming call's handler may leave waiting before its client is
+#: slowed down (the stream's window is then given back only as the handler takes them).
+_QUEUED = 4
 #: A request message this big has its connection read this much at a time from then on.
 _BIG = 1024 * 1024
 #: Answers at least this big go to the socket as the pieces they are (``sendmsg``).

@@ -469,18 +469,30 @@ class Connection:
         ended = flags & END_STREAM
         if ended:
             stream.remote_closed = True
-        elif length:
-            stream.unacknowledged += length
-            if stream.unacknowledged >= self.window >> 1:
-                self._frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(stream.unacknowledged))
-                stream.receive_window += stream.unacknowledged
-                stream.unacknowledged = 0
+        elif end - start < length:  # padding, which no handler consumes
+            self.consumed(stream_id, length - (end - start))
         if end > start:
             self.handler.data_received(stream_id, memoryview(data)[start:end])
         if ended:
             if stream.local_closed:
                 self.streams.pop(stream_id, None)
             self.handler.stream_ended(stream_id)
+
+    def consumed(self, stream_id: int, length: int) -> None:
+        """
+        The handler is done with ``length`` bytes of the stream's data: the peer may send
+        as much again (WINDOW_UPDATEs of at least half the window). The connection's own
+        window is given back as data arrives; a stream's only when its handler says so,
+        which is how a handler that falls behind slows its client down.
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.remote_closed or length <= 0:
+            return
+        stream.unacknowledged += length
+        if stream.unacknowledged >= self.window >> 1:
+            self._frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(stream.unacknowledged))
+            stream.receive_window += stream.unacknowledged
+            stream.unacknowledged = 0
 
     def _acknowledge(self, length: int) -> None:
         """The connection's window back, in WINDOW_UPDATEs of at least half of it."""
