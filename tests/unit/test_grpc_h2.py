@@ -219,3 +219,53 @@ def test_a_streaming_handler_that_falls_behind_slows_its_client():
         protocol.connectionLost(None)
 
     asyncio.run(main())
+
+
+def test_a_client_going_away_still_gets_its_answers():
+    import struct
+
+    import hpack
+    from twisted.internet.testing import StringTransport
+
+    from v2d.grpc import _http2
+
+    async def echo(request, context):
+        return request
+
+    server = _h2.H2Server(reactor=None)
+    server.add_registered_method_handlers("s.S", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+    head = struct.Struct(">IBI")
+
+    def frame(kind, flags, stream_id, payload=b""):
+        return head.pack(len(payload) << 8 | kind, flags, stream_id) + payload
+
+    block = hpack.Encoder().encode(
+        [(":method", "POST"), (":path", "/s.S/Echo"), ("content-type", "application/grpc")]
+    )
+
+    async def main():
+        transport = StringTransport()
+        protocol = server.buildProtocol(None)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            _http2.PREFACE
+            + frame(_http2.SETTINGS, 0, 0)
+            + frame(_http2.HEADERS, _http2.END_HEADERS, 1, block)
+        )
+        protocol.dataReceived(frame(_http2.GOAWAY, 0, 0, struct.pack(">II", 1, 0)))
+        assert not transport.disconnecting, "a call is in flight"
+        protocol.dataReceived(frame(_http2.DATA, _http2.END_STREAM, 1, b"\x00\x00\x00\x00\x02hi"))
+        assert transport.disconnecting, "closed once the last call has its answer"
+        answer = transport.value()
+        assert b"\x00\x00\x00\x00\x02hi" in answer
+        decoder = hpack.Decoder()
+        blocks = []
+        pos = 0
+        while pos < len(answer):
+            size, kind = int.from_bytes(answer[pos : pos + 3], "big"), answer[pos + 3]
+            if kind == _http2.HEADERS:
+                blocks.append(decoder.decode(answer[pos + 9 : pos + 9 + size], raw=True))
+            pos += 9 + size
+        assert blocks[-1] == [(b"grpc-status", b"0")]
+
+    asyncio.run(main())

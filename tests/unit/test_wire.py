@@ -172,6 +172,27 @@ def test_shared_memory_lends_segments_and_reuses_them_once_released():
 
 
 @needs_shm
+def test_a_mapping_freed_after_a_hand_back_is_handed_back_the_next_time():
+    # the hand-back of one mapping must not lose a mapping still in use then
+    sender = SharedMemory.default(f"v2d-late-{os.getpid()}-s", threshold=1024)
+    receiver = SharedMemory.default(f"v2d-late-{os.getpid()}-r", threshold=1024)
+    try:
+        got = []
+        decoder = FrameDecoder(lambda kind, obj: got.append(obj), receiver)
+        for rid in (1, 2):
+            decoder.feed(_bytes(encode_message(("result", rid, np.arange(1000, dtype="<i8")), sender)))
+        first, second = got[0][2], got[1][2]
+        del got[:], first
+        gc.collect()
+        assert len(receiver.take_released()) == 1, "the first, freed"
+        del second
+        gc.collect()
+        assert len(receiver.take_released()) == 1, "the second, freed after the first went back"
+    finally:
+        sender.close()
+
+
+@needs_shm
 def test_shared_memory_keeps_at_most_keep_bytes_of_free_segments():
     sender = SharedMemory.default(f"v2d-keep-{os.getpid()}", threshold=1, keep=1 << 20)
     try:

@@ -406,6 +406,9 @@ class GRPCProtocol(Protocol):
         self.server.connections.add(self)
         if hasattr(self.transport, "setTcpNoDelay"):  # as gRPC servers do: small frames go at once
             self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+            # the system's keepalive probes find peers gone without a word (after its
+            # idle time, two hours by default: grpc core's own server keepalive time)
+            self.transport.setTcpKeepAlive(True)  # type: ignore[union-attr]
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", "")
         port = getattr(peer, "port", "")
@@ -489,7 +492,11 @@ class GRPCProtocol(Protocol):
             call.cancel()
 
     def peer_going_away(self) -> None:
-        self._drop()
+        # the client opens no more streams; its calls in flight still get their answers
+        self.closing = True
+        if not self.calls:
+            self.write_pending(force=True)
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def window_opened(self, stream_id: int) -> None:
         if stream_id:

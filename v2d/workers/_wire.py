@@ -290,7 +290,9 @@ class SharedMemory:
 
     def take_released(self) -> List[str]:
         """The segments to hand back to the peer now (and forget them here)."""
-        released, self.released = self.released, []
+        # emptied in place: the finalizers of mappings still in use append to this list
+        released = self.released[:]
+        del self.released[:]
         return released
 
     def sweep(self) -> int:
