@@ -1,21 +1,27 @@
 """
-The h2 gRPC engine's pieces that need no connection: ``grpc-timeout``, ``grpc-message``
-encoding, metadata both ways, handler lookup through interceptors, and running a
-handler coroutine in place (the rest as a task only when it waits: ``v2d._coro``).
-The engine on real sockets is tested in tests/integration/test_grpc_h2_engine.py.
+The h2 gRPC engine's pieces that need no socket: ``grpc-timeout``, ``grpc-message``
+encoding, metadata both ways, handler lookup through interceptors, running a handler
+coroutine in place (the rest as a task only when it waits: ``v2d._coro``), gathered
+sends on a socket pair, and the protocol over a ``StringTransport`` (flow control of a
+streaming call, a client's GOAWAY). The engine on real sockets is tested in
+tests/integration/test_grpc_h2_engine.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import struct
 from urllib.parse import unquote
 
 import grpc
+import hpack
 import pytest
+from twisted.internet.testing import StringTransport
 
 from v2d._coro import Resumed
-from v2d.grpc import _h2
+from v2d.grpc import _h2, _http2
 
 
 @pytest.mark.parametrize(
@@ -147,8 +153,6 @@ def test_resume_passes_cancellation_into_the_coroutine():
 
 
 def test_gathered_sends_return_what_the_socket_did_not_take():
-    import socket
-
     ours, theirs = socket.socketpair()
     try:
         ours.setblocking(False)
@@ -173,33 +177,36 @@ def test_gathered_sends_return_what_the_socket_did_not_take():
         theirs.close()
 
 
+_HEAD = struct.Struct(">IBI")
+
+
+def frame(kind, flags, stream_id, payload=b""):
+    """One HTTP/2 frame, as a client sends it."""
+    return _HEAD.pack(len(payload) << 8 | kind, flags, stream_id) + payload
+
+
+def _served(method, handler):
+    """A server with ``handler`` as ``/s.S/<method>``, and a request header block for it."""
+    server = _h2.H2Server(reactor=None)
+    server.add_registered_method_handlers("s.S", {method: handler})
+    block = hpack.Encoder().encode(
+        [(":method", "POST"), (":path", f"/s.S/{method}"), ("content-type", "application/grpc")]
+    )
+    return server, block
+
+
 def test_a_streaming_handler_that_falls_behind_slows_its_client():
     """
     Requests of a streaming call that wait in its queue are not given back to the
     client's window until the handler takes them (a protocol over a StringTransport:
     no socket and no reactor; the handler never gets to run, as if it were busy).
     """
-    import struct
-
-    import hpack
-    from twisted.internet.testing import StringTransport
-
-    from v2d.grpc import _http2
 
     async def stream(requests, context):  # pragma: no cover - never resumed here
         async for _ in requests:
             yield b""
 
-    server = _h2.H2Server(reactor=None)
-    server.add_registered_method_handlers("s.S", {"Stream": grpc.stream_stream_rpc_method_handler(stream)})
-    head = struct.Struct(">IBI")
-
-    def frame(kind, flags, stream_id, payload=b""):
-        return head.pack(len(payload) << 8 | kind, flags, stream_id) + payload
-
-    block = hpack.Encoder().encode(
-        [(":method", "POST"), (":path", "/s.S/Stream"), ("content-type", "application/grpc")]
-    )
+    server, block = _served("Stream", grpc.stream_stream_rpc_method_handler(stream))
     message = b"\x00" + struct.pack(">I", 1000) + b"m" * 1000
 
     async def main():
@@ -222,26 +229,10 @@ def test_a_streaming_handler_that_falls_behind_slows_its_client():
 
 
 def test_a_client_going_away_still_gets_its_answers():
-    import struct
-
-    import hpack
-    from twisted.internet.testing import StringTransport
-
-    from v2d.grpc import _http2
-
     async def echo(request, context):
         return request
 
-    server = _h2.H2Server(reactor=None)
-    server.add_registered_method_handlers("s.S", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
-    head = struct.Struct(">IBI")
-
-    def frame(kind, flags, stream_id, payload=b""):
-        return head.pack(len(payload) << 8 | kind, flags, stream_id) + payload
-
-    block = hpack.Encoder().encode(
-        [(":method", "POST"), (":path", "/s.S/Echo"), ("content-type", "application/grpc")]
-    )
+    server, block = _served("Echo", grpc.unary_unary_rpc_method_handler(echo))
 
     async def main():
         transport = StringTransport()
