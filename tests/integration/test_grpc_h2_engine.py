@@ -155,6 +155,26 @@ def test_message_limit(server):
         assert "larger than max" in caught.value.details()
 
 
+def test_a_client_pinging_often_keeps_its_connection(server):
+    # keepalive pings every 100 ms, with and without calls: each is answered
+    options = [
+        ("grpc.keepalive_time_ms", 100),
+        ("grpc.keepalive_timeout_ms", 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    with grpc.insecure_channel(server.grpc_address, options=options) as channel:
+        states: list = []
+        channel.subscribe(states.append, try_to_connect=True)
+        for _ in range(5):
+            response = _infer(channel)(_request("echo", np.ones(3)))
+            assert np.array_equal(_y(response), np.ones(3, np.float32))
+            time.sleep(0.3)
+        channel.unsubscribe(states.append)
+        ready = states.index(grpc.ChannelConnectivity.READY)
+        assert set(states[ready:]) == {grpc.ChannelConnectivity.READY}, states  # never dropped
+
+
 def test_metadata_over_the_limit_fails_its_call_only(server):
     with grpc.insecure_channel(server.grpc_address) as channel:
         with pytest.raises(grpc.RpcError) as caught:
