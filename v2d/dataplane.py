@@ -186,15 +186,36 @@ class DataPlane:
         return result
 
     def _finish(self, result: Any, model: Any, call: Optional[Any] = None) -> Any:
+        self._done(call)
+        if isinstance(result, Failure):
+            return self._map_failure(result, model)
+        return result
+
+    def _done(self, call: Any) -> None:
+        """A call in flight has its result: the drain may be over."""
         self.inflight -= 1
         self._calls.discard(call)
         if self.inflight == 0 and self._idle:
             waiting, self._idle = self._idle, []
             for d in waiting:
                 d.callback(None)
-        if isinstance(result, Failure):
-            return self._map_failure(result, model)
-        return result
+
+    def counted(self, d: Deferred) -> Deferred:
+        """
+        Count ``d``, a call the dataplane does not serve itself (a runtime's custom
+        handler), as in flight until it has its result: the drain waits for it, and at
+        its deadline cancels it, when it fails ``Unavailable`` as requests do.
+        """
+        self.inflight += 1
+        self._calls.add(d)
+
+        def done(result: Any) -> Any:
+            self._done(d)
+            if isinstance(result, Failure) and isinstance(result.value, CANCELLATIONS) and self._aborted:
+                return Failure(Unavailable(self._aborted))
+            return result
+
+        return d.addBoth(done)
 
     def _map_failure(self, failure: Failure, model: Any) -> Failure:
         exc = failure.value

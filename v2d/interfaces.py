@@ -142,6 +142,12 @@ class IDataPlane(Interface):
         ``timeout`` s, when those still in flight are answered UNAVAILABLE.
         """
 
+    def counted(d):  # type: ignore[misc]
+        """
+        Count the Deferred ``d`` of a call served outside the dataplane (a custom
+        handler) as in flight until it fires; ``d``, to chain on.
+        """
+
 
 class IEncodedInference(Interface):
     """

@@ -54,6 +54,9 @@ __all__ = ["KILL_GRACE", "V2DService", "folder_fingerprint", "workers_for"]
 #: Seconds after the drain during which models unload and worker processes exit on
 #: their own; then TERM, and KILL 2 s later (``WorkerPool.term_after + kill_after``).
 KILL_GRACE = 5.0
+#: Seconds after the drain for the answers written to go out before the REST
+#: connections are cut (within KILL_GRACE: a client that does not read is not waited for).
+FLUSH_GRACE = 1.0
 #: Seconds past ``shutdown_timeout + KILL_GRACE`` after which a shutdown stuck in a
 #: blocked loop ends the process (exit code 1).
 STUCK_GRACE = 5.0
@@ -96,7 +99,11 @@ class V2DService(Service):
             metrics=self.metrics, threads=self.model_threads, watch=LoopWatch(settings.blocked_loop_warning)
         )
         self.worker_pool: Optional[Any] = None
-        self.custom_routes = CustomRoutes(reserved=self._reserved, draining=lambda: self.dataplane.draining)
+        self.custom_routes = CustomRoutes(
+            reserved=self._reserved,
+            draining=lambda: self.dataplane.draining,
+            counted=lambda d: self.dataplane.counted(d),
+        )
         self.registry = ModelRegistry(
             factory_for=self.factory_for,
             wrap=batching_wrapper(reactor),
@@ -385,12 +392,14 @@ class V2DService(Service):
     @inlineCallbacks
     def _stop(self) -> Any:
         self.log.info("stopping: no new connections, draining requests in flight")
-        # grpc.aio refuses new calls at once; its Deferred fires when its calls have ended
+        # the gRPC server refuses new calls at once; its Deferred fires when its calls have ended
         grpc_stopped = (
             self.grpc_server.stop(self.settings.shutdown_timeout) if self.grpc_server else succeed(None)
         )
         yield self._close_listeners()
         yield self.dataplane.drain(self.reactor, self.settings.shutdown_timeout)
+        # the answers written go out before the reactor's stop cuts the connections
+        yield self.site.close_connections(self.reactor, FLUSH_GRACE)
         if self.worker_pool is not None:
             # from here, a worker that has not exited KILL_GRACE s later is TERMed, then KILLed
             self.worker_pool.shutting_down()

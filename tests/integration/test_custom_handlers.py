@@ -41,6 +41,11 @@ class Summer(MLModel):
         log(summer_request_items=len(payload))
         return {"sum": sum(payload), "pid": os.getpid()}
 
+    @custom_handler(rest_path="/summer/slow")
+    async def slow(self, payload: dict) -> dict:
+        await asyncio.sleep(payload["seconds"])
+        return {"slept": payload["seconds"]}
+
     @custom_handler(rest_path="/summer/scale", rest_method="GET")
     def scale(self, value: float, factor: int = 2) -> dict:
         return {"scaled": value * factor, "pid": os.getpid()}
@@ -125,3 +130,24 @@ def test_a_second_model_on_the_same_route_fails_to_load(daemon, tmp_path):
         body["error"]
     )
     assert daemon.post("/summer/sum", [2])[1]["sum"] == 2
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]], ids=["in-process", "workers"])
+def test_sigterm_waits_for_a_custom_handler_in_flight(tmp_path, workers):
+    import signal
+    import threading
+    import time
+
+    write_model(tmp_path, "summer", "models.Summer", RUNTIME)
+    d = Daemon(str(tmp_path), *workers, "--shutdown-timeout", "10", grpc=False)
+    with d:
+        answers: list = []
+        call = threading.Thread(target=lambda: answers.append(d.post("/summer/slow", {"seconds": 1.5})))
+        call.start()
+        time.sleep(0.5)
+        assert d.process is not None
+        d.process.send_signal(signal.SIGTERM)
+        d.process.wait(30)
+        call.join(10)
+    status, body, _ = answers[0]
+    assert (status, body) == (200, {"slept": 1.5}), "the drain waited for the handler's answer"

@@ -55,6 +55,24 @@ def test_drain_deadline_answers_what_is_in_flight_unavailable(tmp_path):
     assert clock.getDelayedCalls() == []
 
 
+def test_drain_waits_for_counted_calls_and_cancels_them_at_its_deadline(tmp_path):
+    plane, _ = _plane(tmp_path)
+    finishing, hanging = Deferred(), Deferred()
+    answers = [], []
+    plane.counted(finishing).addBoth(answers[0].append)
+    plane.counted(hanging).addBoth(answers[1].append)
+    assert plane.inflight == 2
+    clock = Clock()
+    drained = _result(plane.drain(clock, 5))
+    finishing.callback({"ok": True})
+    assert answers[0] == [{"ok": True}] and drained == []
+    clock.advance(5)
+    assert drained == [None] and plane.inflight == 0
+    (failure,) = answers[1]
+    assert isinstance(failure.value, Unavailable), "cancelled at the deadline, answered as requests are"
+    assert "still in flight after 5s" in str(failure.value)
+
+
 def test_drain_that_empties_in_time_leaves_no_timer(tmp_path):
     plane, model = _plane(tmp_path)
     done = _result(plane.infer("m", None, InferenceRequest()))

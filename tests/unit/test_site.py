@@ -1,7 +1,7 @@
 """
 The HTTP site's bounds in memory (v2d.rest._site): bodies held as they arrive, the
-bound of the bodies in flight (503), the request read timeout (408), and the trim of
-freed memory after big bodies. Connections are driven by hand over StringTransport
+bound of the bodies in flight (503), the request read timeout (408), the trim of
+freed memory after big bodies, and closing the connections at shutdown. Connections are driven by hand over StringTransport
 with a Clock: no ports, no global reactor.
 """
 
@@ -287,3 +287,27 @@ def test_the_bounds_are_settings_options_and_variables(tmp_path, monkeypatch):
     assert any("request_read_timeout" in p for p in problems)
     with pytest.raises(SystemExit, match="--request-read-timeout must be a number of seconds"):
         v2d.tap.Options().parseOptions(["--request-read-timeout", "soon"])
+
+
+# -- closing at shutdown -----------------------------------------------------------
+
+
+def test_closing_connections_lets_their_bytes_out_then_aborts_what_stays_open():
+    site, clock = site_and_clock()
+    first, first_transport = connect(site)
+    second, second_transport = connect(site)
+    assert len(site.channels) == 2
+    closed = []
+    site.close_connections(clock, 1.0).addCallback(closed.append)
+    assert first_transport.disconnecting and second_transport.disconnecting, "closed once written"
+    first.connectionLost(Failure(ConnectionDone()))
+    assert closed == [] and len(site.channels) == 1
+    clock.advance(1.0)  # the second client reads nothing: cut
+    assert closed == [None] and second_transport.disconnected and not site.channels
+
+
+def test_closing_no_connection_is_done_at_once():
+    site, clock = site_and_clock()
+    closed = []
+    site.close_connections(clock, 1.0).addCallback(closed.append)
+    assert closed == [None]

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import attrs
 import orjson
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -127,15 +127,19 @@ class _RouteResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, route: Route, draining: Callable[[], bool]) -> None:
+    def __init__(
+        self, route: Route, draining: Callable[[], bool], counted: Callable[[Deferred], Deferred]
+    ) -> None:
         super().__init__()
         self.route = route
         self.draining = draining
+        self.counted = counted
 
     def render(self, request: Any) -> Any:
         d = maybeDeferred(self._call, request)
         d.addCallbacks(self._answer, self._failed, callbackArgs=(request,), errbackArgs=(request,))
         d.addErrback(lambda f: self.log.failure("failed writing a custom handler's response", f))
+        self.counted(d)  # in flight for the drain until its answer is written
         return NOT_DONE_YET
 
     def _call(self, request: Any) -> Any:
@@ -166,6 +170,8 @@ class _RouteResource(Resource):
 
     def _failed(self, failure: Failure, request: Any) -> None:
         exc: Any = failure.value
+        if isinstance(exc, CancelledError) and self.draining():  # at the drain's deadline
+            exc = Unavailable("server is shutting down: custom handler still running at the deadline")
         status = _status_of(exc)
         if status >= 500 and not isinstance(exc, V2DError):
             self.log.failure(
@@ -192,7 +198,8 @@ class CustomRoutes:
     """
     The custom handlers of the models that serve, by (HTTP method, path).
     ``reserved(method, path)`` says whether v2d serves that itself; while
-    ``draining()`` is true, calls are refused (503) as inference requests are.
+    ``draining()`` is true, calls are refused (503) as inference requests are, and
+    ``counted(d)`` counts each call in flight for the drain (``DataPlane.counted``).
     """
 
     log = Logger()
@@ -201,9 +208,11 @@ class CustomRoutes:
         self,
         reserved: Callable[[str, str], bool] = lambda method, path: False,
         draining: Callable[[], bool] = lambda: False,
+        counted: Callable[[Deferred], Deferred] = lambda d: d,
     ) -> None:
         self.reserved = reserved
         self.draining = draining
+        self.counted = counted
         self._resources: Dict[Tuple[bytes, bytes], _RouteResource] = {}
 
     def get(self, key: Tuple[bytes, bytes]) -> Optional[Resource]:
@@ -245,7 +254,7 @@ class CustomRoutes:
             planned[key] = Route(owner, model, method, path, handler.attribute)
         self.unmount(name, version, quiet=True)
         for key, route in planned.items():
-            self._resources[key] = _RouteResource(route, self.draining)
+            self._resources[key] = _RouteResource(route, self.draining, self.counted)
             self.log.info(
                 "model {model}: custom handler {attribute}() serves {method} {path}",
                 model=name,

@@ -22,6 +22,8 @@ from __future__ import annotations
 import io
 from typing import Any, List, Optional, Tuple
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -281,7 +283,16 @@ class V2DChannel(JSONErrorChannel):
         self._answering = False
         super().requestDone(request)
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        channels = getattr(getattr(self, "site", None), "channels", None)
+        if channels is not None:
+            channels.add(self)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        site = getattr(self, "site", None)
+        if isinstance(site, V2DSite):
+            site.channel_closed(self)
         self._reading = False
         if self._read_deadline is not None:
             if self._read_deadline.active():
@@ -321,9 +332,53 @@ class V2DSite(Site):
     read_timeout: float = 0
     body_memory = _UNBOUNDED
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The open connections (V2DChannel adds and removes itself).
+        self.channels: set = set()
+        self._all_closed: List[Deferred] = []
+
     def log(self, request: Any) -> None:
         if self.access_log:
             super().log(request)
+
+    def channel_closed(self, channel: Any) -> None:
+        self.channels.discard(channel)
+        if not self.channels and self._all_closed:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_connections(self, clock: IReactorTime, timeout: float) -> Deferred:
+        """
+        Close every connection once what was written to it has gone out (a drained
+        server's answers, which the reactor's stop would otherwise cut); fires when
+        all are closed, aborting those still open after ``timeout`` s (a client that
+        does not read).
+        """
+        for channel in list(self.channels):
+            if channel.transport is not None:
+                channel.transport.loseConnection()
+        if not self.channels:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._all_closed.append(d)
+
+        def abort() -> None:
+            for channel in list(self.channels):
+                if channel.transport is not None:
+                    channel.transport.abortConnection()
+            self.channels.clear()
+            self.channel_closed(None)
+
+        timer = clock.callLater(timeout, abort)
+
+        def closed(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(closed)
 
 
 def make_site(
@@ -334,7 +389,7 @@ def make_site(
     read_timeout: float = 0,
     trim: Optional[FreedMemoryTrim] = None,
     **kwargs: Any,
-) -> Site:
+) -> V2DSite:
     """
     A Site serving ``resource`` with the body size limit, the bound of the bodies in
     flight (0: none) and the request read timeout (0: none); freed bodies are reported
