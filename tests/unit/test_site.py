@@ -1,8 +1,8 @@
 """
 The HTTP site's bounds in memory (v2d.rest._site): bodies held as they arrive, the
 bound of the bodies in flight (503), the request read timeout (408), the trim of
-freed memory after big bodies, and closing the connections at shutdown. Connections are driven by hand over StringTransport
-with a Clock: no ports, no global reactor.
+freed memory after big bodies, and closing the connections at shutdown. Connections
+are driven by hand over StringTransport with a Clock: no ports, no global reactor.
 """
 
 from __future__ import annotations

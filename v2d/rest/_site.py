@@ -364,21 +364,14 @@ class V2DSite(Site):
         d: Deferred = Deferred()
         self._all_closed.append(d)
 
-        def abort() -> None:
+        def abort(result: Any, timeout: float) -> None:
+            self._all_closed.remove(d)
             for channel in list(self.channels):
                 if channel.transport is not None:
                     channel.transport.abortConnection()
             self.channels.clear()
-            self.channel_closed(None)
 
-        timer = clock.callLater(timeout, abort)
-
-        def closed(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        return d.addBoth(closed)
+        return d.addTimeout(timeout, clock, onTimeoutCancel=abort)
 
 
 def make_site(
