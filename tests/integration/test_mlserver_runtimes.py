@@ -1,5 +1,6 @@
 """
-MLServer's own runtime packages (mlserver-sklearn, mlserver-xgboost) served by v2d.
+MLServer's own runtime packages (mlserver-sklearn, mlserver-xgboost, mlserver-lightgbm)
+served by v2d.
 
 Models are trained and saved by the test, in a venv that holds MLServer 1.7.1 and the
 runtime packages (tests/support/mlserver_env.py, built once and cached), which also
@@ -42,6 +43,7 @@ tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 TRAIN = r"""
 import json, os, sys
 import joblib
+import lightgbm as lgb
 import numpy as np
 import xgboost as xgb
 from sklearn.linear_model import LogisticRegression
@@ -80,6 +82,14 @@ folder = save("xgboost-ubj", {"name": "xgboost-ubj", "implementation": "mlserver
                               "parameters": {"uri": "."}},
               {"predict": reg.predict(queries)})
 reg.save_model(os.path.join(folder, "model.ubj"))
+
+booster = lgb.train({"objective": "multiclass", "num_class": 3, "num_leaves": 7, "verbose": -1},
+                    lgb.Dataset(X, labels), num_boost_round=8)
+# the uri is the folder: MLServer's well-known file name finds model.bst
+folder = save("lightgbm", {"name": "lightgbm", "implementation": "mlserver_lightgbm.LightGBMModel",
+                           "parameters": {"uri": "."}},
+              {"predict": booster.predict(queries)})
+booster.save_model(os.path.join(folder, "model.bst"))
 np.save(os.path.join(root, "queries.npy"), queries)
 """
 
@@ -110,7 +120,9 @@ class CountDown(MLModel):
 import numpy as np  # noqa: E402
 '''
 
-MODELS = ["sklearn", "xgboost-json", "xgboost-ubj"]
+MODELS = ["sklearn", "xgboost-json", "xgboost-ubj", "lightgbm"]
+#: The models whose runtime also answers ``predict_proba``.
+PROBA = {"sklearn", "xgboost-json"}
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +242,7 @@ def test_rest_json_predictions_equal_the_library(daemon, trained, name):
     expected = _expected(trained, name, "predict")
     assert np.allclose(np.array(out["data"]).reshape(-1), expected.reshape(-1), rtol=1e-6)
     assert answer["model_name"] == name and answer["id"], "MLServer's dataplane gives every response an id"
-    if name != "xgboost-ubj":
+    if name in PROBA:
         status, answer, _ = _json_infer(daemon, name, queries, outputs=["predict_proba"])
         assert status == 200, answer
         proba = np.array(answer["outputs"][0]["data"]).reshape(answer["outputs"][0]["shape"])
@@ -241,7 +253,7 @@ def test_rest_json_predictions_equal_the_library(daemon, trained, name):
 def test_rest_binary_and_grpc_predictions_equal_the_library(daemon, trained, name):
     queries = np.load(os.path.join(trained, "queries.npy"))
     expected = _expected(trained, name, "predict").reshape(-1)
-    wanted = ["predict"] if name == "xgboost-ubj" else ["predict", "predict_proba"]
+    wanted = ["predict", "predict_proba"] if name in PROBA else ["predict"]
 
     http = tritonclient_http.InferenceServerClient(daemon.url.replace("http://", ""))
     tensor = tritonclient_http.InferInput("x", list(queries.shape), "FP64")

@@ -1,5 +1,6 @@
 """
-A virtualenv holding MLServer 1.7.1 and its scikit-learn and XGBoost runtime packages.
+A virtualenv holding MLServer 1.7.1 and its scikit-learn, LightGBM and XGBoost runtime
+packages.
 
 Built once and kept under the system temp dir, ``v2d-tests-<uid>`` (``V2D_TEST_CACHE`` moves it), keyed
 by its requirements and Python, so a test session reuses it. It also holds v2d's own
@@ -32,7 +33,13 @@ __all__ = [
 ]
 
 #: What the venv holds besides v2d's own dependencies (pytest runs the adapter's unit tests there).
-MLSERVER_REQUIREMENTS = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "xgboost-cpu", "pytest"]
+MLSERVER_REQUIREMENTS = [
+    "mlserver==1.7.1",
+    "mlserver-sklearn==1.7.1",
+    "mlserver-lightgbm==1.7.1",
+    "xgboost-cpu",
+    "pytest",
+]
 #: Installed without dependencies (see the module's docstring).
 NO_DEPS = ["mlserver-xgboost==1.7.1"]
 
