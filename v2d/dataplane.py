@@ -200,20 +200,23 @@ class DataPlane:
             for d in waiting:
                 d.callback(None)
 
-    def counted(self, d: Deferred) -> Deferred:
+    def counted(self, d: Deferred, answer: Callable[[Any], Any]) -> Deferred:
         """
         Count ``d``, a call the dataplane does not serve itself (a runtime's custom
-        handler), as in flight until it has its result: the drain waits for it, and at
-        its deadline cancels it, when it fails ``Unavailable`` as requests do.
+        handler), as in flight until ``answer`` has had its result: the drain waits for
+        it, and at its deadline cancels it, when ``answer`` gets ``Unavailable`` as
+        requests do. ``d``, with ``answer``'s result.
         """
         self.inflight += 1
         self._calls.add(d)
 
         def done(result: Any) -> Any:
-            self._done(d)
             if isinstance(result, Failure) and isinstance(result.value, CANCELLATIONS) and self._aborted:
-                return Failure(Unavailable(self._aborted))
-            return result
+                result = Failure(Unavailable(self._aborted))
+            try:
+                return answer(result)
+            finally:
+                self._done(d)
 
         return d.addBoth(done)
 

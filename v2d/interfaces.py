@@ -142,10 +142,11 @@ class IDataPlane(Interface):
         ``timeout`` s, when those still in flight are answered UNAVAILABLE.
         """
 
-    def counted(d):  # type: ignore[misc]
+    def counted(d, answer):  # type: ignore[misc]
         """
         Count the Deferred ``d`` of a call served outside the dataplane (a custom
-        handler) as in flight until it fires; ``d``, to chain on.
+        handler) as in flight until ``answer`` (which writes the answer) has had its
+        result; a call cancelled at the drain's deadline gives ``answer`` UNAVAILABLE.
         """
 
 

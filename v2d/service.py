@@ -102,7 +102,7 @@ class V2DService(Service):
         self.custom_routes = CustomRoutes(
             reserved=self._reserved,
             draining=lambda: self.dataplane.draining,
-            counted=lambda d: self.dataplane.counted(d),
+            counted=lambda d, answer: self.dataplane.counted(d, answer),
         )
         self.registry = ModelRegistry(
             factory_for=self.factory_for,

@@ -632,14 +632,10 @@ class Settings:
             found.append("field 'max_bodies_in_flight' must be positive")
         if self.request_read_timeout < 0:
             found.append("field 'request_read_timeout' must be 0 (no limit) or more")
-        if self.grpc_engine not in GRPC_ENGINES:
-            found.append(
-                f"field 'grpc_engine' must be one of {', '.join(GRPC_ENGINES)}, got {self.grpc_engine!r}"
-            )
-        if self.event_loop not in EVENT_LOOPS:
-            found.append(
-                f"field 'event_loop' must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}"
-            )
+        for name, choices in (("grpc_engine", GRPC_ENGINES), ("event_loop", EVENT_LOOPS)):
+            value = getattr(self, name)
+            if value not in choices:
+                found.append(f"field '{name}' must be one of {', '.join(choices)}, got {value!r}")
         if self.metrics_path is not None and not self.metrics_path.startswith("/"):
             found.append(f"field 'metrics_path' must start with '/', got {self.metrics_path!r}")
         if self.root_path and not self.root_path.startswith("/"):

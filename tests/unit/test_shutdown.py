@@ -59,8 +59,8 @@ def test_drain_waits_for_counted_calls_and_cancels_them_at_its_deadline(tmp_path
     plane, _ = _plane(tmp_path)
     finishing, hanging = Deferred(), Deferred()
     answers = [], []
-    plane.counted(finishing).addBoth(answers[0].append)
-    plane.counted(hanging).addBoth(answers[1].append)
+    plane.counted(finishing, answers[0].append)
+    plane.counted(hanging, answers[1].append)
     assert plane.inflight == 2
     clock = Clock()
     drained = _result(plane.drain(clock, 5))

@@ -1,12 +1,12 @@
 """
-gRPC served by Twisted itself: the ``h2`` engine (``--grpc-engine h2``).
+gRPC served by Twisted itself: the ``h2`` engine (``--grpc-engine h2``, the default).
 
 ``_http2.py`` keeps each connection's HTTP/2 state (frames, flow control, settings,
 pings; HPACK decoding is the hpack library's); this module adds gRPC on top: a call
 per stream, length-prefixed messages, ``grpc-timeout`` deadlines, gzip/deflate
-request messages, status and metadata in trailers. It serves the same ``grpc.RpcMethodHandler``s as grpc.aio
-(v2d's servicers, health and reflection), with a context offering what
-``grpc.aio.ServicerContext`` offers them.
+request messages, status and metadata in trailers. It serves the same
+``grpc.RpcMethodHandler``s as grpc.aio (v2d's servicers, health and reflection), with a
+context offering what ``grpc.aio.ServicerContext`` offers them.
 
 Why: grpc.aio hands every call between grpc's own threads and the loop, which costs
 more CPU per small call than v2d's whole handler (docs/benchmarks.md). Here a call is
@@ -481,6 +481,10 @@ class GRPCProtocol(Protocol):
         self.conn.closed = True
         for call in list(self.calls.values()):
             call.cancel()
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Close the connection once what is queued has gone out."""
         self.write_pending(force=True)
         self.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -495,8 +499,7 @@ class GRPCProtocol(Protocol):
         # the client opens no more streams; its calls in flight still get their answers
         self.closing = True
         if not self.calls:
-            self.write_pending(force=True)
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._hang_up()
 
     def window_opened(self, stream_id: int) -> None:
         if stream_id:
@@ -737,8 +740,7 @@ class GRPCProtocol(Protocol):
             del self.calls[call.stream_id]
         call.stop_timer()
         if self.closing and not self.calls:
-            self.write_pending(force=True)  # the last call's answer goes out before the connection closes
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._hang_up()  # the last call's answer goes out before the connection closes
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -750,9 +752,10 @@ class GRPCProtocol(Protocol):
         # calls in flight still answer; streams the client opens anyway are refused
         # (UNAVAILABLE) by request_received
         self.conn.go_away()
-        self.write_pending(force=True)
-        if not self.calls:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+        if self.calls:
+            self.write_pending(force=True)
+        else:
+            self._hang_up()
 
     def cancel_all(self, details: str) -> None:
         for call in list(self.calls.values()):

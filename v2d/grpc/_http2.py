@@ -222,7 +222,6 @@ class Connection:
         connection_window: int = DEFAULT_WINDOW,
         max_streams: int = 100,
         max_header_list: int = 16 * 1024,
-        max_frame: int = DEFAULT_FRAME,
     ) -> None:
         self.handler = handler
         #: Set to read nothing more (the connection is closing).
@@ -241,7 +240,6 @@ class Connection:
         # what we announce
         self.window = window
         self.max_streams = max_streams
-        self.max_frame = max_frame
         self.max_header_list = max_header_list
         self._receive_window = connection_window
         self._connection_window = connection_window
@@ -256,8 +254,6 @@ class Connection:
             (MAX_HEADER_LIST_SIZE, max_header_list),
             (ENABLE_PUSH, 0),
         ]
-        if max_frame != DEFAULT_FRAME:
-            settings.append((MAX_FRAME_SIZE, max_frame))
         self._frame(SETTINGS, 0, 0, b"".join(_SETTING.pack(k, v) for k, v in settings))
         if connection_window > DEFAULT_WINDOW:
             self._frame(WINDOW_UPDATE, 0, 0, _U32.pack(connection_window - DEFAULT_WINDOW))
@@ -292,13 +288,6 @@ class Connection:
                 last = END_HEADERS if start + limit >= len(block) else 0
                 self._frame(CONTINUATION, last, stream_id, block[start : start + limit])
         if end_stream:
-            self._local_close(stream_id, stream)
-
-    def headers_without_stream(self, stream_id: int, block: bytes) -> None:
-        """An answer that ends a stream this side never took (an HTTP error status)."""
-        self._frame(HEADERS, END_STREAM | END_HEADERS, stream_id, block)
-        stream = self.streams.get(stream_id)
-        if stream is not None:
             self._local_close(stream_id, stream)
 
     def send_data(self, stream_id: int, data: Union[bytes, memoryview], prefix: bytes = b"") -> int:
@@ -392,7 +381,7 @@ class Connection:
             self._preface = False
             pos = len(PREFACE)
         end = len(data)
-        limit = self.max_frame
+        limit = DEFAULT_FRAME  # ours: not announced, so the default
         need = 9
         while end - pos >= 9 and not self.closed:
             head, flags, stream_id = _HEAD.unpack_from(data, pos)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import attrs
 import orjson
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -127,9 +127,7 @@ class _RouteResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(
-        self, route: Route, draining: Callable[[], bool], counted: Callable[[Deferred], Deferred]
-    ) -> None:
+    def __init__(self, route: Route, draining: Callable[[], bool], counted: Callable[..., Deferred]) -> None:
         super().__init__()
         self.route = route
         self.draining = draining
@@ -137,10 +135,16 @@ class _RouteResource(Resource):
 
     def render(self, request: Any) -> Any:
         d = maybeDeferred(self._call, request)
-        d.addCallbacks(self._answer, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+        # in flight for the drain until its answer is written
+        self.counted(d, lambda result: self._reply(result, request))
         d.addErrback(lambda f: self.log.failure("failed writing a custom handler's response", f))
-        self.counted(d)  # in flight for the drain until its answer is written
         return NOT_DONE_YET
+
+    def _reply(self, result: Any, request: Any) -> None:
+        if isinstance(result, Failure):
+            self._failed(result, request)
+        else:
+            self._answer(result, request)
 
     def _call(self, request: Any) -> Any:
         route = self.route
@@ -170,8 +174,6 @@ class _RouteResource(Resource):
 
     def _failed(self, failure: Failure, request: Any) -> None:
         exc: Any = failure.value
-        if isinstance(exc, CancelledError) and self.draining():  # at the drain's deadline
-            exc = Unavailable("server is shutting down: custom handler still running at the deadline")
         status = _status_of(exc)
         if status >= 500 and not isinstance(exc, V2DError):
             self.log.failure(
@@ -199,7 +201,8 @@ class CustomRoutes:
     The custom handlers of the models that serve, by (HTTP method, path).
     ``reserved(method, path)`` says whether v2d serves that itself; while
     ``draining()`` is true, calls are refused (503) as inference requests are, and
-    ``counted(d)`` counts each call in flight for the drain (``DataPlane.counted``).
+    ``counted(d, answer)`` counts each call in flight for the drain until ``answer``
+    has written its answer (``DataPlane.counted``).
     """
 
     log = Logger()
@@ -208,7 +211,7 @@ class CustomRoutes:
         self,
         reserved: Callable[[str, str], bool] = lambda method, path: False,
         draining: Callable[[], bool] = lambda: False,
-        counted: Callable[[Deferred], Deferred] = lambda d: d,
+        counted: Callable[..., Deferred] = lambda d, answer: d.addBoth(answer),
     ) -> None:
         self.reserved = reserved
         self.draining = draining

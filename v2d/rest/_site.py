@@ -285,9 +285,9 @@ class V2DChannel(JSONErrorChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        channels = getattr(getattr(self, "site", None), "channels", None)
-        if channels is not None:
-            channels.add(self)
+        site = getattr(self, "site", None)
+        if isinstance(site, V2DSite):
+            site.channels.add(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         site = getattr(self, "site", None)
